@@ -1,0 +1,74 @@
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+/// Conv3x3 (no bias, BN follows) + BatchNorm + ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBn<B: Backend> {
+    conv: Conv2d<B>,
+    bn: BatchNorm<B>,
+}
+
+impl<B: Backend> ConvBn<B> {
+    pub fn new(inp: usize, out: usize, stride: usize, device: &B::Device) -> Self {
+        ConvBn {
+            conv: Conv2dConfig::new([inp, out], [3, 3])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(false)
+                .init(device),
+            bn: BatchNormConfig::new(out).init(device),
+        }
+    }
+
+    /// Without the ReLU (ResNet blocks add the shortcut first).
+    pub fn forward_linear(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        relu(self.forward_linear(x))
+    }
+}
+
+#[derive(Config, Debug)]
+pub struct CnnConfig {
+    pub channels: usize,
+    /// Channels of the first stage; the next two double it.
+    pub width: usize,
+    pub classes: usize,
+}
+
+/// The "small CNN" of the benchmarks: three conv stages (stride 1, 2, 2), global
+/// average pooling and a linear classifier.
+#[derive(Module, Debug)]
+pub struct Cnn<B: Backend> {
+    c1: ConvBn<B>,
+    c2: ConvBn<B>,
+    c3: ConvBn<B>,
+    pool: AdaptiveAvgPool2d,
+    fc: Linear<B>,
+}
+
+impl CnnConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Cnn<B> {
+        let w = self.width;
+        Cnn {
+            c1: ConvBn::new(self.channels, w, 1, device),
+            c2: ConvBn::new(w, 2 * w, 2, device),
+            c3: ConvBn::new(2 * w, 4 * w, 2, device),
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            fc: LinearConfig::new(4 * w, self.classes).init(device),
+        }
+    }
+}
+
+impl<B: Backend> Cnn<B> {
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let x = self.c3.forward(self.c2.forward(self.c1.forward(images)));
+        let x: Tensor<B, 2> = self.pool.forward(x).flatten(1, 3);
+        self.fc.forward(x)
+    }
+}

@@ -1,0 +1,123 @@
+//! Networks. Teacher and student always share the architecture, so one enum covers all.
+
+mod cnn;
+mod mlp;
+mod resnet;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use cnn::{Cnn, CnnConfig};
+pub use mlp::{Mlp, MlpConfig};
+pub use resnet::{ResNet, ResNetConfig};
+
+/// Architecture family named in presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    Mlp,
+    Cnn,
+    Resnet20,
+    Resnet32,
+    Resnet56,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Mlp => "mlp",
+            Arch::Cnn => "cnn",
+            Arch::Resnet20 => "resnet20",
+            Arch::Resnet32 => "resnet32",
+            Arch::Resnet56 => "resnet56",
+        }
+    }
+
+    /// Width used when a preset gives none: hidden units (MLP) or first-stage channels.
+    pub fn default_width(self) -> usize {
+        match self {
+            Arch::Mlp => 256,
+            Arch::Cnn => 32,
+            _ => 16,
+        }
+    }
+}
+
+/// Everything needed to build a network for a given input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    pub width: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width_px: usize,
+    pub num_classes: usize,
+}
+
+impl ModelSpec {
+    pub fn describe(&self) -> String {
+        format!("{} (width {})", self.arch.name(), self.width)
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Net<B> {
+        match self.arch {
+            Arch::Mlp => Net::Mlp(
+                MlpConfig::new(self.channels * self.height * self.width_px, self.width, self.num_classes)
+                    .init(device),
+            ),
+            Arch::Cnn => Net::Cnn(CnnConfig::new(self.channels, self.width, self.num_classes).init(device)),
+            Arch::Resnet20 | Arch::Resnet32 | Arch::Resnet56 => {
+                let depth = match self.arch {
+                    Arch::Resnet20 => 20,
+                    Arch::Resnet32 => 32,
+                    _ => 56,
+                };
+                Net::ResNet(ResNetConfig::new(depth, self.channels, self.width, self.num_classes).init(device))
+            }
+        }
+    }
+}
+
+/// A classifier: images `[batch, channels, height, width]` to logits `[batch, classes]`.
+#[derive(Module, Debug)]
+pub enum Net<B: Backend> {
+    Mlp(Mlp<B>),
+    Cnn(Cnn<B>),
+    ResNet(ResNet<B>),
+}
+
+impl<B: Backend> Net<B> {
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        match self {
+            Net::Mlp(m) => m.forward(images),
+            Net::Cnn(m) => m.forward(images),
+            Net::ResNet(m) => m.forward(images),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{flex::FlexDevice, Flex};
+
+    #[test]
+    fn every_arch_maps_images_to_logits() {
+        let device = FlexDevice;
+        for arch in [Arch::Mlp, Arch::Cnn, Arch::Resnet20] {
+            let spec = ModelSpec { arch, width: 8, channels: 3, height: 16, width_px: 16, num_classes: 7 };
+            let net: Net<Flex> = spec.init(&device);
+            let x = Tensor::<Flex, 4>::zeros([2, 3, 16, 16], &device);
+            assert_eq!(net.forward(x).dims(), [2, 7], "{arch:?}");
+        }
+    }
+
+    #[test]
+    fn resnet_depth_sets_block_count() {
+        let device = FlexDevice;
+        let count = |depth| ResNetConfig::new(depth, 3, 4, 10).init::<Flex>(&device).num_blocks();
+        assert_eq!(count(20), 9);
+        assert_eq!(count(32), 15);
+        assert_eq!(count(56), 27);
+    }
+}

@@ -1,0 +1,10 @@
+//! Training: the trainer thread, its events and controls, schedules and backends.
+//! Nothing here knows a user interface exists.
+
+pub mod backend;
+pub mod events;
+pub mod schedule;
+pub mod summary;
+mod trainer;
+
+pub use trainer::{prepare, PreparedData, PreparedRun, RunHandle, RunOptions};

@@ -1,0 +1,756 @@
+//! The trainer: runs seeds x methods x generations on one thread, emitting events,
+//! recording the run folder and obeying controls between steps.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, TensorData};
+use crossbeam_channel::{Receiver, Sender};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::backend::{check_available, panic_message, BackendKind};
+use super::events::{
+    event_channel, Control, EvalMetrics, EventSender, GenerationSummary, JobKey, Method, RunPlan, RunStatus,
+    StepMetrics, TeacherSource, Ticket, TrainEvent,
+};
+use super::schedule::Schedule;
+use crate::data::{self, Augment, DataOptions, LoadedData, Normalizer, Split, SyntheticConfig};
+use crate::distill::{correct_count, cross_entropy, kd_loss};
+use crate::model::{ModelSpec, Net};
+use crate::preset::{limits, Cifar100Labels, Preset, TeacherChoice};
+use crate::store::RunWriter;
+
+/// Command-line overrides of a preset.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub backend: Option<BackendKind>,
+    pub seed: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    /// Where run folders go; None = the default runs directory.
+    pub runs_dir: Option<PathBuf>,
+    /// Write a run folder (tests may turn it off).
+    pub record: bool,
+}
+
+/// Data ready for training: images, the validation split and normalisation.
+#[derive(Debug)]
+pub struct PreparedData {
+    pub loaded: LoadedData,
+    pub split: Split,
+    pub test: Vec<usize>,
+    pub norm: Normalizer,
+    pub augment: Option<Augment>,
+}
+
+impl PreparedData {
+    /// Carves the seeded validation split from the training set; normalisation is
+    /// fitted on the training part only.
+    pub fn new(loaded: LoadedData, preset: &Preset) -> PreparedData {
+        let d = &preset.data;
+        let mut split =
+            data::stratified_split(&loaded.train.labels, loaded.train.num_classes, d.val_fraction, d.split_seed);
+        if let Some(limit) = d.train_limit {
+            if limit < split.train.len() {
+                let mut keep = data::shuffled(&split.train, d.split_seed ^ 0x11_7e57);
+                keep.truncate(limit);
+                keep.sort_unstable();
+                split.train = keep;
+            }
+        }
+        let norm = Normalizer::fit(&loaded.train, &split.train);
+        let augment = preset.augment().then_some(Augment { pad: 4, flip: true });
+        let test = (0..loaded.test.len()).collect();
+        PreparedData { loaded, split, test, norm, augment }
+    }
+
+    pub fn model_spec(&self, preset: &Preset) -> ModelSpec {
+        let t = &self.loaded.train;
+        ModelSpec {
+            arch: preset.model.arch,
+            width: preset.model.width(),
+            channels: t.channels,
+            height: t.height,
+            width_px: t.width,
+            num_classes: t.num_classes,
+        }
+    }
+}
+
+/// Loads the data for a preset (after command-line overrides).
+pub fn load_data(preset: &Preset) -> Result<LoadedData> {
+    let s = &preset.data.synthetic;
+    let opts = DataOptions {
+        data_dir: preset.data.data_dir.clone(),
+        synthetic: SyntheticConfig {
+            train_size: s.train_size,
+            test_size: s.test_size,
+            image_size: s.image_size,
+            seed: s.seed,
+            label_noise: s.label_noise as f32,
+        },
+        cifar100_coarse: preset.data.cifar100_labels == Cifar100Labels::Coarse,
+    };
+    Ok(data::load(preset.data.dataset, &opts)?)
+}
+
+/// A run whose inputs are checked and loaded, ready to start.
+pub struct PreparedRun {
+    pub preset: Preset,
+    pub data: Arc<PreparedData>,
+    pub writer: Option<RunWriter>,
+}
+
+/// Applies overrides, checks the backend, loads the data and creates the run folder,
+/// so that every input error surfaces before training starts.
+pub fn prepare(mut preset: Preset, opts: &RunOptions) -> Result<PreparedRun> {
+    if let Some(b) = opts.backend {
+        preset.backend = b;
+    }
+    if let Some(seed) = opts.seed {
+        preset.run.seeds = vec![seed];
+    }
+    if let Some(dir) = &opts.data_dir {
+        preset.data.data_dir = Some(dir.clone());
+    }
+    check_available(preset.backend)?;
+    let loaded = load_data(&preset)?;
+    let data = Arc::new(PreparedData::new(loaded, &preset));
+    let writer = if opts.record {
+        let runs_dir = opts.runs_dir.clone().unwrap_or_else(crate::store::default_runs_dir);
+        Some(RunWriter::create(&runs_dir, &preset)?)
+    } else {
+        None
+    };
+    Ok(PreparedRun { preset, data, writer })
+}
+
+/// The UI's handle on a running trainer.
+pub struct RunHandle {
+    pub events: Receiver<TrainEvent>,
+    pub controls: Sender<Control>,
+    pub run_dir: Option<PathBuf>,
+    pub thread: JoinHandle<RunStatus>,
+}
+
+impl PreparedRun {
+    /// Starts the trainer thread.
+    pub fn spawn(self) -> RunHandle {
+        let (tx, events) = event_channel();
+        let (controls, control_rx) = crossbeam_channel::unbounded();
+        let run_dir = self.writer.as_ref().map(|w| w.dir().to_path_buf());
+        let thread = std::thread::Builder::new()
+            .name("selfdistill-trainer".into())
+            .spawn(move || self.run(tx, control_rx))
+            .expect("spawning a thread");
+        RunHandle { events, controls, run_dir, thread }
+    }
+
+    /// Runs on the current thread; a panic inside becomes an error event.
+    pub fn run(self, tx: EventSender, controls: Receiver<Control>) -> RunStatus {
+        let PreparedRun { preset, data, writer } = self;
+        let sink = Arc::new(Mutex::new(Sink { tx: tx.clone(), store: writer }));
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match preset.backend {
+            BackendKind::Cpu => {
+                use burn::backend::{flex::FlexDevice, Autodiff, Flex};
+                Trainer::<Autodiff<Flex>>::new(FlexDevice, &preset, &data, sink.clone(), controls).run_all()
+            }
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => {
+                use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
+                Trainer::<Autodiff<Cuda>>::new(CudaDevice::new(0), &preset, &data, sink.clone(), controls).run_all()
+            }
+            #[cfg(not(feature = "cuda"))]
+            BackendKind::Cuda => Err(super::backend::BackendError::NotCompiled.into()),
+        }));
+        let (status, error) = match outcome {
+            Ok(Ok(status)) => (status, None),
+            Ok(Err(e)) => (RunStatus::Failed, Some(format!("{e:#}"))),
+            Err(p) => (RunStatus::Failed, Some(format!("trainer panicked: {}", panic_message(&*p)))),
+        };
+        let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(message) = error {
+            let _ = sink.emit(TrainEvent::Error { message });
+        }
+        let _ = sink.emit(TrainEvent::Finished { status, wall_s: started.elapsed().as_secs_f64() });
+        status
+    }
+}
+
+/// Where events go: the run folder first (so nothing is lost), then the consumer.
+struct Sink {
+    tx: EventSender,
+    store: Option<RunWriter>,
+}
+
+impl Sink {
+    fn emit(&mut self, ev: TrainEvent) -> Result<()> {
+        if let Some(store) = &mut self.store {
+            store.record(&ev).context("writing the run folder")?;
+        }
+        self.tx.send(ev);
+        Ok(())
+    }
+
+    fn record_only(&mut self, ev: &TrainEvent) -> Result<()> {
+        if let Some(store) = &mut self.store {
+            store.record(ev).context("writing the run folder")?;
+        }
+        Ok(())
+    }
+}
+
+/// Flex's RNG is global: seeding and initialising must not interleave across threads.
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Derives independent stream seeds (SplitMix64 finaliser over the parts).
+fn mix(parts: &[u64]) -> u64 {
+    let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
+    for p in parts {
+        h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h = z ^ (z >> 31);
+    }
+    h
+}
+
+const PURPOSE_INIT: u64 = 1;
+const PURPOSE_ORDER: u64 = 2;
+const PURPOSE_AUGMENT: u64 = 3;
+
+/// A frozen network used as teacher, with its validation accuracy.
+struct Teacher<B: Backend> {
+    net: Net<B>,
+    val_acc: f64,
+}
+
+impl<B: Backend> Clone for Teacher<B> {
+    fn clone(&self) -> Self {
+        Teacher { net: self.net.clone(), val_acc: self.val_acc }
+    }
+}
+
+/// What a finished generation hands to the next one.
+struct GenerationOutcome<B: Backend> {
+    final_net: Teacher<B>,
+    best_net: Teacher<B>,
+    /// Self-distillation: the teacher held at the end (best network so far).
+    teacher: Option<Teacher<B>>,
+    stopped: bool,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Knob values that controls change while the run goes on.
+struct Knobs {
+    temperature: f64,
+    alpha: f64,
+    paused: bool,
+}
+
+struct Trainer<'a, B: AutodiffBackend> {
+    device: B::Device,
+    preset: &'a Preset,
+    data: &'a PreparedData,
+    spec: ModelSpec,
+    sink: Arc<Mutex<Sink>>,
+    controls: Receiver<Control>,
+    knobs: Knobs,
+    run_step: u64,
+    pending_step: Option<StepMetrics>,
+    batch: Vec<f32>,
+    labels: Vec<i64>,
+}
+
+impl<'a, B: AutodiffBackend> Trainer<'a, B> {
+    fn new(
+        device: B::Device,
+        preset: &'a Preset,
+        data: &'a PreparedData,
+        sink: Arc<Mutex<Sink>>,
+        controls: Receiver<Control>,
+    ) -> Self {
+        Trainer {
+            device,
+            spec: data.model_spec(preset),
+            preset,
+            data,
+            sink,
+            controls,
+            knobs: Knobs { temperature: preset.distill.temperature, alpha: preset.distill.alpha, paused: false },
+            run_step: 0,
+            pending_step: None,
+            batch: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    fn emit(&self, ev: TrainEvent) -> Result<()> {
+        self.sink.lock().unwrap_or_else(|p| p.into_inner()).emit(ev)
+    }
+
+    fn plan(&self) -> RunPlan {
+        let p = self.preset;
+        let mut jobs = Vec::new();
+        for &seed in &p.run.seeds {
+            for &method in &p.run.methods {
+                for generation in 1..=p.generations_for(method) {
+                    jobs.push(JobKey { seed, method, generation });
+                }
+            }
+        }
+        let steps_per_epoch = p.steps_per_epoch(self.data.split.train.len());
+        let evals = match p.train.eval_every {
+            0 => p.train.epochs,
+            n => (steps_per_epoch * p.train.epochs as u64).div_ceil(n) as usize,
+        };
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        RunPlan {
+            run_id: sink.store.as_ref().map(|s| s.run_id().to_string()).unwrap_or_else(|| "unrecorded".into()),
+            preset: p.name.clone(),
+            dataset: format!("{} ({})", p.data.dataset.name(), self.data.loaded.source),
+            model: self.spec.describe(),
+            backend: p.backend.name().into(),
+            jobs,
+            epochs: p.train.epochs,
+            steps_per_epoch,
+            evals_per_generation: evals,
+            train_size: self.data.split.train.len(),
+            val_size: self.data.split.val.len(),
+            test_size: self.data.test.len(),
+            temperature: p.distill.temperature,
+            alpha: p.distill.alpha,
+            run_dir: sink.store.as_ref().map(|s| s.dir().to_path_buf()),
+        }
+    }
+
+    fn run_all(mut self) -> Result<RunStatus> {
+        let plan = self.plan();
+        self.emit(TrainEvent::Plan(plan))?;
+        for &seed in &self.preset.run.seeds {
+            for &method in &self.preset.run.methods {
+                let mut previous: Option<GenerationOutcome<B::InnerBackend>> = None;
+                for generation in 1..=self.preset.generations_for(method) {
+                    let key = JobKey { seed, method, generation };
+                    let (source, teacher) = match (&previous, method) {
+                        (None, _) | (_, Method::Baseline) => (TeacherSource::None, None),
+                        (Some(prev), Method::Conventional) => match self.preset.distill.teacher {
+                            TeacherChoice::Final => (TeacherSource::PreviousFinal, Some(prev.final_net.clone())),
+                            TeacherChoice::Best => (TeacherSource::PreviousBest, Some(prev.best_net.clone())),
+                        },
+                        (Some(prev), Method::SelfDistill) => (TeacherSource::PreviousBest, prev.teacher.clone()),
+                    };
+                    let outcome = self.train_generation(key, source, teacher)?;
+                    if outcome.stopped {
+                        return Ok(RunStatus::Stopped);
+                    }
+                    previous = Some(outcome);
+                }
+            }
+        }
+        Ok(RunStatus::Finished)
+    }
+
+    fn init_student(&self, key: JobKey) -> Net<B> {
+        let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // Same (seed, generation) => same initial weights for every method.
+        B::seed(&self.device, mix(&[key.seed, key.generation as u64, PURPOSE_INIT]));
+        self.spec.init(&self.device)
+    }
+
+    fn optimizer_config(&self) -> SgdConfig {
+        let t = &self.preset.train;
+        let momentum = (t.momentum > 0.0).then(|| {
+            // Burn's default dampening is 0.1; PyTorch's (and the literature's) is 0.
+            MomentumConfig::new().with_momentum(t.momentum).with_dampening(0.0).with_nesterov(t.nesterov)
+        });
+        let decay = (t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32));
+        SgdConfig::new().with_momentum(momentum).with_weight_decay(decay)
+    }
+
+    fn train_generation(
+        &mut self,
+        key: JobKey,
+        source: TeacherSource,
+        mut teacher: Option<Teacher<B::InnerBackend>>,
+    ) -> Result<GenerationOutcome<B::InnerBackend>> {
+        let started = Instant::now();
+        let p = self.preset;
+        let data = self.data;
+        let mut student = self.init_student(key);
+        let mut optim = self.optimizer_config().init::<B, Net<B>>();
+        let steps_per_epoch = p.steps_per_epoch(data.split.train.len());
+        let total_steps = steps_per_epoch * p.train.epochs as u64;
+        let schedule = Schedule {
+            kind: p.train.schedule,
+            base_lr: p.train.lr,
+            total_steps,
+            steps_per_epoch,
+            milestones: p.train.milestones.clone(),
+            gamma: p.train.gamma,
+        };
+        self.emit(TrainEvent::GenerationStarted {
+            key,
+            teacher: if teacher.is_some() { source } else { TeacherSource::None },
+            teacher_val_acc: teacher.as_ref().map(|t| t.val_acc),
+        })?;
+
+        let is_self = key.method == Method::SelfDistill;
+        let mut state = GenState::new();
+        let mut step: u64 = 0;
+        let mut stopped = false;
+        'epochs: for epoch in 0..p.train.epochs {
+            let order = data::shuffled(&data.split.train, mix(&[key.seed, key.generation as u64, epoch as u64, PURPOSE_ORDER]));
+            let mut aug_rng =
+                ChaCha8Rng::seed_from_u64(mix(&[key.seed, key.generation as u64, epoch as u64, PURPOSE_AUGMENT]));
+            for chunk in order.chunks(p.train.batch_size) {
+                if let Flow::Stop = self.poll_controls(key, step + 1)? {
+                    stopped = true;
+                    break 'epochs;
+                }
+                let lr = schedule.lr_at(step);
+                let (x, y) = self.make_batch(chunk, &mut aug_rng);
+                let logits = student.forward(x.clone());
+                let teacher_logits = teacher.as_ref().map(|t| Tensor::<B, 2>::from_inner(t.net.forward(x.inner())));
+                let has_teacher = teacher_logits.is_some();
+                let loss = kd_loss(logits.clone(), teacher_logits, y.clone(), self.knobs.temperature, self.knobs.alpha);
+                let correct = correct_count(logits.inner(), y.inner());
+                let grads = GradientsParams::from_grads(loss.backward(), &student);
+                student = optim.step(lr, student, grads);
+                let loss_value = loss.into_scalar().elem::<f64>();
+                let correct = correct.into_scalar().elem::<i64>() as u64;
+                step += 1;
+                self.run_step += 1;
+                if !loss_value.is_finite() {
+                    anyhow::bail!("{key}: loss became {loss_value} at step {step} (diverged); lower train.lr");
+                }
+                state.train_loss_sum += loss_value * chunk.len() as f64;
+                state.train_correct += correct;
+                state.train_seen += chunk.len() as u64;
+                self.emit_step(StepMetrics {
+                    key,
+                    step,
+                    run_step: self.run_step,
+                    epoch: epoch + 1,
+                    loss: loss_value,
+                    lr,
+                    temperature: self.knobs.temperature,
+                    alpha: self.knobs.alpha,
+                    has_teacher,
+                    coalesced: 1,
+                    ticket: Ticket::default(),
+                })?;
+                let eval_due = match p.train.eval_every {
+                    0 => false,
+                    n => step % n == 0,
+                };
+                if eval_due {
+                    let epochs_done = step as f64 / steps_per_epoch as f64;
+                    self.evaluate(key, &student, step, epochs_done, lr, started, is_self, &mut teacher, &mut state)?;
+                }
+            }
+            if p.train.eval_every == 0 {
+                let lr = schedule.lr_at(step.saturating_sub(1));
+                self.evaluate(key, &student, step, (epoch + 1) as f64, lr, started, is_self, &mut teacher, &mut state)?;
+            }
+        }
+        // The final network must have numbers even when the last step was not an
+        // evaluation boundary (stop, or eval_every not dividing the step count).
+        if state.last_eval_step != Some(step) {
+            let lr = schedule.lr_at(step.saturating_sub(1));
+            let epochs_done = step as f64 / steps_per_epoch as f64;
+            self.evaluate(key, &student, step, epochs_done, lr, started, is_self, &mut teacher, &mut state)?;
+        }
+        self.flush_pending_step(true)?;
+
+        let final_net = Teacher { net: student.valid(), val_acc: state.last_val_acc };
+        let best = state.best.take().unwrap_or_else(|| BestSnapshot {
+            net: final_net.net.clone(),
+            val_acc: state.last_val_acc,
+            step,
+            test_acc: state.last_test_acc,
+        });
+        {
+            let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(store) = &mut sink.store {
+                store.save_checkpoint(key, "best", best.net.clone())?;
+                store.save_checkpoint(key, "final", final_net.net.clone())?;
+            }
+        }
+        self.emit(TrainEvent::GenerationFinished(GenerationSummary {
+            key,
+            best_val_acc: best.val_acc,
+            best_step: best.step,
+            test_acc_at_best: best.test_acc,
+            final_val_acc: state.last_val_acc,
+            final_test_acc: state.last_test_acc,
+            epochs: step as f64 / steps_per_epoch as f64,
+            steps: step,
+            wall_s: started.elapsed().as_secs_f64(),
+            teacher_replacements: state.replacements,
+            stopped,
+        }))?;
+        Ok(GenerationOutcome {
+            best_net: Teacher { net: best.net, val_acc: best.val_acc },
+            final_net,
+            teacher,
+            stopped,
+        })
+    }
+
+    fn make_batch(&mut self, indices: &[usize], rng: &mut ChaCha8Rng) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+        let set = &self.data.loaded.train;
+        let augment = self.data.augment.as_ref().map(|a| (a, rng));
+        data::fill_batch(set, indices, &self.data.norm, augment, &mut self.batch, &mut self.labels);
+        self.to_tensors(indices.len(), set.channels, set.height, set.width)
+    }
+
+    fn to_tensors(&mut self, n: usize, c: usize, h: usize, w: usize) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+        let x = Tensor::from_data(TensorData::new(std::mem::take(&mut self.batch), [n, c, h, w]), &self.device);
+        let y = Tensor::from_data(TensorData::new(std::mem::take(&mut self.labels), [n]), &self.device);
+        (x, y)
+    }
+
+    /// Validation and test loss/accuracy of `student` in inference mode; updates the
+    /// best snapshot and, for self-distillation, replaces the teacher on improvement.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &mut self,
+        key: JobKey,
+        student: &Net<B>,
+        step: u64,
+        epoch: f64,
+        lr: f64,
+        started: Instant,
+        is_self: bool,
+        teacher: &mut Option<Teacher<B::InnerBackend>>,
+        state: &mut GenState<B::InnerBackend>,
+    ) -> Result<()> {
+        self.flush_pending_step(false)?;
+        let model = student.valid();
+        let (val_loss, val_acc) = self.eval_split(&model, EvalSet::Val);
+        let (test_loss, test_acc) = self.eval_split(&model, EvalSet::Test);
+        let seen = state.train_seen.max(1) as f64;
+        let improved = state.best.as_ref().is_none_or(|b| val_acc > b.val_acc);
+        if improved {
+            state.best = Some(BestSnapshot { net: model.clone(), val_acc, step, test_acc });
+        }
+        self.emit(TrainEvent::Eval(EvalMetrics {
+            key,
+            step,
+            epoch,
+            train_loss: state.train_loss_sum / seen,
+            train_acc: state.train_correct as f64 / seen,
+            val_loss,
+            val_acc,
+            test_loss,
+            test_acc,
+            best_val_acc: state.best.as_ref().map_or(val_acc, |b| b.val_acc),
+            lr,
+            temperature: self.knobs.temperature,
+            alpha: self.knobs.alpha,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        }))?;
+        state.train_loss_sum = 0.0;
+        state.train_correct = 0;
+        state.train_seen = 0;
+        state.last_eval_step = Some(step);
+        state.last_val_acc = val_acc;
+        state.last_test_acc = test_acc;
+        // Self-distillation: the best network so far (including an inherited teacher)
+        // teaches; a strictly better student replaces it.
+        let teacher_acc = teacher.as_ref().map(|t| t.val_acc);
+        if is_self && teacher_acc.is_none_or(|a| val_acc > a) {
+            *teacher = Some(Teacher { net: model, val_acc });
+            state.replacements += 1;
+            self.emit(TrainEvent::TeacherReplaced { key, step, epoch, old_acc: teacher_acc, new_acc: val_acc })?;
+        }
+        Ok(())
+    }
+
+    fn eval_split(&mut self, model: &Net<B::InnerBackend>, which: EvalSet) -> (f64, f64) {
+        const EVAL_BATCH: usize = 500;
+        let data = self.data;
+        let (set, indices) = match which {
+            EvalSet::Val => (&data.loaded.train, &data.split.val),
+            EvalSet::Test => (&data.loaded.test, &data.test),
+        };
+        let device = self.device.clone();
+        let (mut loss_sum, mut correct) = (0.0, 0u64);
+        for chunk in indices.chunks(EVAL_BATCH) {
+            data::fill_batch(set, chunk, &data.norm, None, &mut self.batch, &mut self.labels);
+            let n = chunk.len();
+            let x = Tensor::<B::InnerBackend, 4>::from_data(
+                TensorData::new(std::mem::take(&mut self.batch), [n, set.channels, set.height, set.width]),
+                &device,
+            );
+            let y = Tensor::<B::InnerBackend, 1, Int>::from_data(
+                TensorData::new(std::mem::take(&mut self.labels), [n]),
+                &device,
+            );
+            let logits = model.forward(x);
+            loss_sum += cross_entropy(logits.clone(), y.clone()).into_scalar().elem::<f64>() * n as f64;
+            correct += correct_count(logits, y).into_scalar().elem::<i64>() as u64;
+        }
+        let n = indices.len().max(1) as f64;
+        (loss_sum / n, correct as f64 / n)
+    }
+
+    /// Applies queued controls before step `next_step`; blocks while paused.
+    fn poll_controls(&mut self, key: JobKey, next_step: u64) -> Result<Flow> {
+        loop {
+            let control = if self.knobs.paused {
+                match self.controls.recv() {
+                    Ok(c) => c,
+                    // The controlling UI is gone: nobody can resume us, so go on.
+                    Err(_) => Control::Resume,
+                }
+            } else {
+                match self.controls.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => return Ok(Flow::Continue),
+                }
+            };
+            let applied = match control {
+                Control::Pause if !self.knobs.paused => {
+                    self.knobs.paused = true;
+                    true
+                }
+                Control::Resume if self.knobs.paused => {
+                    self.knobs.paused = false;
+                    true
+                }
+                Control::Pause | Control::Resume => false,
+                Control::SetTemperature(t) => {
+                    let ok = t.is_finite() && t >= limits::TEMPERATURE.0 && t <= limits::TEMPERATURE.1;
+                    if ok {
+                        self.knobs.temperature = t;
+                    }
+                    ok
+                }
+                Control::SetAlpha(a) => {
+                    let ok = a.is_finite() && a >= limits::ALPHA.0 && a <= limits::ALPHA.1;
+                    if ok {
+                        self.knobs.alpha = a;
+                    }
+                    ok
+                }
+                Control::Stop => true,
+            };
+            if applied {
+                self.flush_pending_step(false)?;
+                self.emit(TrainEvent::ControlApplied { key, step: next_step, control })?;
+            } else {
+                self.emit(TrainEvent::Log { message: format!("control {control} ignored (out of range or no effect)") })?;
+            }
+            if control == Control::Stop {
+                return Ok(Flow::Stop);
+            }
+        }
+    }
+
+    /// Records every step; offers it to the consumer, folding it into the pending one
+    /// while the consumer lags.
+    fn emit_step(&mut self, m: StepMetrics) -> Result<()> {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        sink.record_only(&TrainEvent::Step(m.clone()))?;
+        let m = match self.pending_step.take() {
+            Some(p) => merge_steps(p, m),
+            None => m,
+        };
+        if let Err(back) = sink.tx.offer_step(m) {
+            self.pending_step = Some(back);
+        }
+        Ok(())
+    }
+
+    /// Before an essential event, try to deliver the folded step; at a generation end
+    /// an undeliverable one is dropped (steps may be dropped, never merged across jobs).
+    fn flush_pending_step(&mut self, end_of_job: bool) -> Result<()> {
+        if let Some(p) = self.pending_step.take() {
+            let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(back) = sink.tx.offer_step(p) {
+                if !end_of_job {
+                    self.pending_step = Some(back);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn merge_steps(older: StepMetrics, newer: StepMetrics) -> StepMetrics {
+    let n = older.coalesced + newer.coalesced;
+    StepMetrics {
+        loss: (older.loss * older.coalesced as f64 + newer.loss * newer.coalesced as f64) / n as f64,
+        coalesced: n,
+        ..newer
+    }
+}
+
+#[derive(Clone, Copy)]
+enum EvalSet {
+    Val,
+    Test,
+}
+
+struct BestSnapshot<B: Backend> {
+    net: Net<B>,
+    val_acc: f64,
+    step: u64,
+    test_acc: f64,
+}
+
+/// Per-generation bookkeeping between evaluations.
+struct GenState<B: Backend> {
+    train_loss_sum: f64,
+    train_correct: u64,
+    train_seen: u64,
+    best: Option<BestSnapshot<B>>,
+    replacements: usize,
+    last_eval_step: Option<u64>,
+    last_val_acc: f64,
+    last_test_acc: f64,
+}
+
+impl<B: Backend> GenState<B> {
+    fn new() -> Self {
+        GenState {
+            train_loss_sum: 0.0,
+            train_correct: 0,
+            train_seen: 0,
+            best: None,
+            replacements: 0,
+            last_eval_step: None,
+            last_val_acc: 0.0,
+            last_test_acc: 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_separates_streams() {
+        assert_ne!(mix(&[1, 1, PURPOSE_INIT]), mix(&[1, 1, PURPOSE_ORDER]));
+        assert_ne!(mix(&[1, 2]), mix(&[2, 1]));
+        assert_eq!(mix(&[5, 6, 7]), mix(&[5, 6, 7]));
+    }
+}
