@@ -4,6 +4,9 @@ mod cnn;
 mod mlp;
 mod resnet;
 
+use std::sync::Mutex;
+
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +62,19 @@ impl ModelSpec {
         format!("{} (width {})", self.arch.name(), self.width)
     }
 
+    /// Deterministic initialisation from `seed`. Burn's CPU RNG is global and its
+    /// parameters are initialised lazily (on first use), so seeding, building and
+    /// materialising every parameter happen under one lock; otherwise concurrent runs
+    /// (tests, the dashboard's watcher) would interleave their random draws.
+    pub fn init_seeded<B: Backend>(&self, device: &B::Device, seed: u64) -> Net<B> {
+        static INIT_LOCK: Mutex<()> = Mutex::new(());
+        let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        B::seed(device, seed);
+        let net = self.init(device);
+        net.visit(&mut Materialize);
+        net
+    }
+
     pub fn init<B: Backend>(&self, device: &B::Device) -> Net<B> {
         match self.arch {
             Arch::Mlp => Net::Mlp(
@@ -75,6 +91,15 @@ impl ModelSpec {
                 Net::ResNet(ResNetConfig::new(depth, self.channels, self.width, self.num_classes).init(device))
             }
         }
+    }
+}
+
+/// Touches every parameter so lazy initialisers run now.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 
@@ -110,6 +135,16 @@ mod tests {
             let x = Tensor::<Flex, 4>::zeros([2, 3, 16, 16], &device);
             assert_eq!(net.forward(x).dims(), [2, 7], "{arch:?}");
         }
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible_and_seed_dependent() {
+        let device = FlexDevice;
+        let spec = ModelSpec { arch: Arch::Cnn, width: 4, channels: 1, height: 8, width_px: 8, num_classes: 3 };
+        let x = Tensor::<Flex, 4>::ones([1, 1, 8, 8], &device);
+        let out = |seed| spec.init_seeded::<Flex>(&device, seed).forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(out(1), out(1));
+        assert_ne!(out(1), out(2));
     }
 
     #[test]

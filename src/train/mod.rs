@@ -7,4 +7,4 @@ pub mod schedule;
 pub mod summary;
 mod trainer;
 
-pub use trainer::{prepare, PreparedData, PreparedRun, RunHandle, RunOptions};
+pub use trainer::{load_data, prepare, PreparedData, PreparedRun, RunHandle, RunOptions};

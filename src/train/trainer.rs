@@ -210,9 +210,6 @@ impl Sink {
     }
 }
 
-/// Flex's RNG is global: seeding and initialising must not interleave across threads.
-static INIT_LOCK: Mutex<()> = Mutex::new(());
-
 /// Derives independent stream seeds (SplitMix64 finaliser over the parts).
 fn mix(parts: &[u64]) -> u64 {
     let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -367,10 +364,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     fn init_student(&self, key: JobKey) -> Net<B> {
-        let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         // Same (seed, generation) => same initial weights for every method.
-        B::seed(&self.device, mix(&[key.seed, key.generation as u64, PURPOSE_INIT]));
-        self.spec.init(&self.device)
+        self.spec.init_seeded(&self.device, mix(&[key.seed, key.generation as u64, PURPOSE_INIT]))
     }
 
     fn optimizer_config(&self) -> SgdConfig {
@@ -404,10 +399,16 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             milestones: p.train.milestones.clone(),
             gamma: p.train.gamma,
         };
+        // Measure the inherited teacher instead of trusting its label: the event then
+        // shows which network really teaches (and tests can check it).
+        let teacher_val_acc = match &teacher {
+            Some(t) => Some(self.eval_split(&t.net, EvalSet::Val).1),
+            None => None,
+        };
         self.emit(TrainEvent::GenerationStarted {
             key,
             teacher: if teacher.is_some() { source } else { TeacherSource::None },
-            teacher_val_acc: teacher.as_ref().map(|t| t.val_acc),
+            teacher_val_acc,
         })?;
 
         let is_self = key.method == Method::SelfDistill;
