@@ -20,9 +20,20 @@ impl HeadlessPrinter {
     pub fn feed(&mut self, ev: &TrainEvent) -> Vec<String> {
         self.summary.apply(ev);
         let mut out = Vec::new();
-        if let TrainEvent::TeacherReplaced { key, step, old_acc, new_acc, .. } = ev {
+        if let TrainEvent::TeacherReplaced {
+            key,
+            step,
+            old_acc,
+            new_acc,
+            ..
+        } = ev
+        {
             let note = match old_acc {
-                Some(old) => format!("  teacher <- {:.2}% (was {:.2}%)", 100.0 * new_acc, 100.0 * old),
+                Some(old) => format!(
+                    "  teacher <- {:.2}% (was {:.2}%)",
+                    100.0 * new_acc,
+                    100.0 * old
+                ),
                 None => format!("  teacher <- {:.2}% (first)", 100.0 * new_acc),
             };
             match self.held.take() {
@@ -40,7 +51,10 @@ impl HeadlessPrinter {
         match ev {
             TrainEvent::Plan(p) => {
                 self.epochs = p.epochs;
-                out.push(format!("run {} · preset {} · {} · {} · backend {}", p.run_id, p.preset, p.dataset, p.model, p.backend));
+                out.push(format!(
+                    "run {} · preset {} · {} · {} · backend {}",
+                    p.run_id, p.preset, p.dataset, p.model, p.backend
+                ));
                 out.push(format!(
                     "train {} / val {} / test {} images · {} jobs x {} epochs x {} steps · T={} alpha={}",
                     p.train_size,
@@ -56,14 +70,24 @@ impl HeadlessPrinter {
                     out.push(format!("run folder: {}", dir.display()));
                 }
             }
-            TrainEvent::GenerationStarted { key, teacher, teacher_val_acc } => {
+            TrainEvent::GenerationStarted {
+                key,
+                teacher,
+                teacher_val_acc,
+            } => {
                 let t = match (teacher, teacher_val_acc) {
                     (TeacherSource::None, _) | (_, None) => "no teacher".to_string(),
                     (TeacherSource::PreviousFinal, Some(a)) => {
-                        format!("teacher: previous generation's final network (val {:.2}%)", 100.0 * a)
+                        format!(
+                            "teacher: previous generation's final network (val {:.2}%)",
+                            100.0 * a
+                        )
                     }
                     (TeacherSource::PreviousBest, Some(a)) => {
-                        format!("teacher: previous generation's best network (val {:.2}%)", 100.0 * a)
+                        format!(
+                            "teacher: previous generation's best network (val {:.2}%)",
+                            100.0 * a
+                        )
                     }
                 };
                 out.push(format!("[{key}] start · {t}"));
@@ -116,7 +140,10 @@ impl HeadlessPrinter {
 }
 
 /// Prints a running trainer's events until it finishes; returns its final status.
-pub fn print_run(events: &crossbeam_channel::Receiver<TrainEvent>, out: &mut impl Write) -> std::io::Result<RunStatus> {
+pub fn print_run(
+    events: &crossbeam_channel::Receiver<TrainEvent>,
+    out: &mut impl Write,
+) -> std::io::Result<RunStatus> {
     let mut printer = HeadlessPrinter::default();
     let mut status = RunStatus::Failed;
     for ev in events.iter() {

@@ -1,6 +1,8 @@
 //! Command line: one function per subcommand. The dashboard lives in this binary (not
 //! the library) so that UI edits never recompile the training code.
 
+mod tui;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,10 +18,49 @@ use selfdistill::train::events::{Control, RunStatus};
 use selfdistill::train::{prepare, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "selfdistill", version, about = "Self-distillation vs Born-Again distillation, live in the terminal")]
+#[command(
+    name = "selfdistill",
+    version,
+    about = "Self-distillation vs Born-Again distillation, live in the terminal"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    ui: UiArgs,
+}
+
+/// Dashboard settings, accepted before or after the subcommand.
+#[derive(clap::Args)]
+struct UiArgs {
+    /// Minimum milliseconds between dashboard redraws (default: 10 frames/s).
+    #[arg(long, global = true, default_value_t = 100, value_parser = clap::value_parser!(u64).range(16..=5000))]
+    refresh_ms: u64,
+    /// How curves are drawn: braille (finest), dot or block (terminals without braille fonts).
+    #[arg(long, global = true, value_enum, default_value_t = MarkerArg::Braille)]
+    marker: MarkerArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MarkerArg {
+    Braille,
+    Dot,
+    Block,
+}
+
+impl UiArgs {
+    fn options(&self, run: RunOptions) -> tui::UiOptions {
+        let marker = match self.marker {
+            MarkerArg::Braille => tui::theme::LineMarker::Braille,
+            MarkerArg::Dot => tui::theme::LineMarker::Dot,
+            MarkerArg::Block => tui::theme::LineMarker::Block,
+        };
+        tui::UiOptions {
+            refresh: std::time::Duration::from_millis(self.refresh_ms),
+            marker,
+            run,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -95,13 +136,19 @@ impl From<BackendArg> for BackendKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => no_command(),
-        Some(Command::Run(args)) => run(args),
+        None => no_command(&cli.ui),
+        Some(Command::Run(args)) => run(args, &cli.ui),
         Some(Command::Presets) => list_presets(),
         Some(Command::Runs { runs_dir }) => list_runs(runs_dir),
-        Some(Command::Data { command: DataCommand::Inspect { dataset, data_dir, val_fraction, split_seed } }) => {
-            inspect(&dataset, data_dir, val_fraction, split_seed)
-        }
+        Some(Command::Data {
+            command:
+                DataCommand::Inspect {
+                    dataset,
+                    data_dir,
+                    val_fraction,
+                    split_seed,
+                },
+        }) => inspect(&dataset, data_dir, val_fraction, split_seed),
     };
     match result {
         Ok(code) => code,
@@ -112,7 +159,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn no_command() -> Result<ExitCode> {
+fn no_command(ui: &UiArgs) -> Result<ExitCode> {
     if !std::io::stdout().is_terminal() {
         eprintln!(
             "selfdistill: stdout is not a terminal, so the dashboard cannot open.\n\
@@ -121,10 +168,13 @@ fn no_command() -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    anyhow::bail!("the dashboard is not built into this version yet; use `selfdistill run --headless`")
+    tui::open_menu(ui.options(RunOptions {
+        record: true,
+        ..Default::default()
+    }))
 }
 
-fn run(args: RunArgs) -> Result<ExitCode> {
+fn run(args: RunArgs, ui: &UiArgs) -> Result<ExitCode> {
     let preset = preset::resolve(&args.preset)?;
     let opts = RunOptions {
         backend: args.backend.map(Into::into),
@@ -140,7 +190,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             );
             return Ok(ExitCode::from(2));
         }
-        anyhow::bail!("the dashboard is not built into this version yet; add --headless");
+        // Input errors (bad data dir, no GPU, unwritable runs dir) print plainly, before
+        // the dashboard takes the screen.
+        let prepared = prepare(preset, &opts)?;
+        return tui::open_run(ui.options(opts), prepared);
     }
     let prepared = prepare(preset, &opts)?;
     let handle = prepared.spawn();
@@ -172,7 +225,15 @@ fn list_presets() -> Result<ExitCode> {
             PresetOrigin::User(p) | PresetOrigin::File(p) => p.display().to_string(),
         };
         match &entry.preset {
-            Ok(p) => writeln!(out, "{:<20} {}\n{:<20} {} [{}]", p.name, p.description, "", p.summary_line(), origin)?,
+            Ok(p) => writeln!(
+                out,
+                "{:<20} {}\n{:<20} {} [{}]",
+                p.name,
+                p.description,
+                "",
+                p.summary_line(),
+                origin
+            )?,
             Err(e) => writeln!(out, "{:<20} INVALID: {e}", entry.name)?,
         }
     }
@@ -191,33 +252,69 @@ fn list_runs(runs_dir: Option<PathBuf>) -> Result<ExitCode> {
     }
     for r in runs {
         let s = &r.summary;
-        let status = s.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
+        let status = s
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into());
         let mut best: std::collections::BTreeMap<_, f64> = Default::default();
         for g in &s.generations {
             let b = best.entry(g.key.method).or_insert(0.0);
             *b = b.max(g.best_val_acc);
         }
-        let best: Vec<String> = best.iter().map(|(m, a)| format!("{m} {:.2}%", 100.0 * a)).collect();
+        let best: Vec<String> = best
+            .iter()
+            .map(|(m, a)| format!("{m} {:.2}%", 100.0 * a))
+            .collect();
         let preset = s.plan.as_ref().map(|p| p.preset.as_str()).unwrap_or("?");
-        writeln!(out, "{:<40} {:<18} {:<9} {}", r.id, preset, status, best.join("  "))?;
+        writeln!(
+            out,
+            "{:<40} {:<18} {:<9} {}",
+            r.id,
+            preset,
+            status,
+            best.join("  ")
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(dataset: &str, data_dir: Option<PathBuf>, val_fraction: f64, split_seed: u64) -> Result<ExitCode> {
+fn inspect(
+    dataset: &str,
+    data_dir: Option<PathBuf>,
+    val_fraction: f64,
+    split_seed: u64,
+) -> Result<ExitCode> {
     let kind = DatasetKind::parse(dataset).with_context(|| {
         let names: Vec<&str> = DatasetKind::ALL.iter().map(|k| k.name()).collect();
-        format!("unknown dataset {dataset:?}; choose one of {}", names.join(", "))
+        format!(
+            "unknown dataset {dataset:?}; choose one of {}",
+            names.join(", ")
+        )
     })?;
     if !(0.0..1.0).contains(&val_fraction) {
         anyhow::bail!("--val-fraction must be in [0, 1)");
     }
-    let loaded = data::load(kind, &DataOptions { data_dir, ..Default::default() })?;
-    let split = data::stratified_split(&loaded.train.labels, loaded.train.num_classes, val_fraction, split_seed);
+    let loaded = data::load(
+        kind,
+        &DataOptions {
+            data_dir,
+            ..Default::default()
+        },
+    )?;
+    let split = data::stratified_split(
+        &loaded.train.labels,
+        loaded.train.num_classes,
+        val_fraction,
+        split_seed,
+    );
     let mut out = std::io::stdout().lock();
     let t = &loaded.train;
     writeln!(out, "{} from {}", kind.name(), loaded.source)?;
-    writeln!(out, "images {}x{}x{}, {} classes", t.channels, t.height, t.width, t.num_classes)?;
+    writeln!(
+        out,
+        "images {}x{}x{}, {} classes",
+        t.channels, t.height, t.width, t.num_classes
+    )?;
     writeln!(
         out,
         "train {} · validation {} (fraction {val_fraction}, split seed {split_seed}) · test {}",
@@ -228,10 +325,18 @@ fn inspect(dataset: &str, data_dir: Option<PathBuf>, val_fraction: f64, split_se
     let train = t.class_counts(Some(&split.train));
     let val = t.class_counts(Some(&split.val));
     let test = loaded.test.class_counts(None);
-    writeln!(out, "{:>4} {:<16} {:>8} {:>8} {:>8}", "#", "class", "train", "val", "test")?;
+    writeln!(
+        out,
+        "{:>4} {:<16} {:>8} {:>8} {:>8}",
+        "#", "class", "train", "val", "test"
+    )?;
     for c in 0..t.num_classes {
         let name = loaded.class_names.get(c).map(String::as_str).unwrap_or("");
-        writeln!(out, "{c:>4} {name:<16} {:>8} {:>8} {:>8}", train[c], val[c], test[c])?;
+        writeln!(
+            out,
+            "{c:>4} {name:<16} {:>8} {:>8} {:>8}",
+            train[c], val[c], test[c]
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,9 +19,18 @@ use crate::train::schedule::ScheduleKind;
 pub const SHIPPED: &[(&str, &str)] = &[
     ("quick", include_str!("../presets/quick.toml")),
     ("digits", include_str!("../presets/digits.toml")),
-    ("fashion-mnist", include_str!("../presets/fashion-mnist.toml")),
-    ("cifar10-resnet20", include_str!("../presets/cifar10-resnet20.toml")),
-    ("cifar100-resnet32", include_str!("../presets/cifar100-resnet32.toml")),
+    (
+        "fashion-mnist",
+        include_str!("../presets/fashion-mnist.toml"),
+    ),
+    (
+        "cifar10-resnet20",
+        include_str!("../presets/cifar10-resnet20.toml"),
+    ),
+    (
+        "cifar100-resnet32",
+        include_str!("../presets/cifar100-resnet32.toml"),
+    ),
 ];
 
 /// The preset used when none is named.
@@ -166,7 +175,11 @@ pub struct DistillSection {
 
 impl Default for DistillSection {
     fn default() -> Self {
-        DistillSection { temperature: default_temperature(), alpha: default_alpha(), teacher: TeacherChoice::Final }
+        DistillSection {
+            temperature: default_temperature(),
+            alpha: default_alpha(),
+            teacher: TeacherChoice::Final,
+        }
     }
 }
 
@@ -240,7 +253,10 @@ impl Preset {
             source: source.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        preset.validate().map_err(|message| PresetError { source: source.to_string(), message })?;
+        preset.validate().map_err(|message| PresetError {
+            source: source.to_string(),
+            message,
+        })?;
         Ok(preset)
     }
 
@@ -253,7 +269,10 @@ impl Preset {
         use limits::*;
         if self.name.is_empty()
             || self.name.len() > 64
-            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             || self.name.starts_with('.')
         {
             return Err(format!(
@@ -280,7 +299,9 @@ impl Preset {
             }
         }
         if t.schedule == ScheduleKind::MultiStep && t.milestones.is_empty() {
-            return Err("key `train.milestones` is required when `train.schedule` = \"multi-step\"".into());
+            return Err(
+                "key `train.milestones` is required when `train.schedule` = \"multi-step\"".into(),
+            );
         }
         let d = &self.data;
         range_f("data.val_fraction", d.val_fraction, VAL_FRACTION)?;
@@ -330,7 +351,9 @@ impl Preset {
     }
 
     pub fn augment(&self) -> bool {
-        self.data.augment.unwrap_or(self.data.dataset.default_augment())
+        self.data
+            .augment
+            .unwrap_or(self.data.dataset.default_augment())
     }
 
     /// One line for lists: dataset, model, methods.
@@ -353,15 +376,23 @@ impl Preset {
 
 fn range_u(key: &str, v: usize, (lo, hi): (usize, usize)) -> Result<(), String> {
     if v < lo || v > hi {
-        let hi = if hi == usize::MAX { String::new() } else { hi.to_string() };
-        return Err(format!("key `{key}` = {v} is out of range; allowed {lo}..={hi}"));
+        let hi = if hi == usize::MAX {
+            String::new()
+        } else {
+            hi.to_string()
+        };
+        return Err(format!(
+            "key `{key}` = {v} is out of range; allowed {lo}..={hi}"
+        ));
     }
     Ok(())
 }
 
 fn range_f(key: &str, v: f64, (lo, hi): (f64, f64)) -> Result<(), String> {
     if !v.is_finite() || v < lo || v > hi {
-        return Err(format!("key `{key}` = {v} is out of range; allowed {lo}..={hi}"));
+        return Err(format!(
+            "key `{key}` = {v} is out of range; allowed {lo}..={hi}"
+        ));
     }
     Ok(())
 }
@@ -392,7 +423,8 @@ pub fn user_preset_dir() -> Option<PathBuf> {
 
 pub fn shipped(name: &str) -> Option<Preset> {
     SHIPPED.iter().find(|(n, _)| *n == name).map(|(n, text)| {
-        Preset::from_toml(text, &format!("{n} (shipped)")).expect("shipped presets are valid (tested)")
+        Preset::from_toml(text, &format!("{n} (shipped)"))
+            .expect("shipped presets are valid (tested)")
     })
 }
 
@@ -413,14 +445,23 @@ pub fn list_all() -> Vec<PresetEntry> {
 }
 
 fn list_dir(dir: &Path) -> Vec<PresetEntry> {
-    let Ok(read) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut paths: Vec<PathBuf> =
-        read.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = read
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
     paths.sort();
     paths
         .into_iter()
         .map(|p| PresetEntry {
-            name: p.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
+            name: p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
             preset: load_file(&p),
             origin: PresetOrigin::User(p),
         })
@@ -453,8 +494,14 @@ pub fn resolve(name_or_path: &str) -> Result<Preset, PresetError> {
         source: name_or_path.to_string(),
         message: format!(
             "no such preset; shipped presets: {}{}",
-            SHIPPED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            user_preset_dir().map(|d| format!("; user presets are read from {}", d.display())).unwrap_or_default()
+            SHIPPED
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+            user_preset_dir()
+                .map(|d| format!("; user presets are read from {}", d.display()))
+                .unwrap_or_default()
         ),
     })
 }
@@ -490,16 +537,29 @@ mod tests {
     #[test]
     fn out_of_range_values_name_key_and_range() {
         let cases = [
-            ("temperature = ", "temperature = 0.0 #", "distill.temperature", "0.1..=100"),
+            (
+                "temperature = ",
+                "temperature = 0.0 #",
+                "distill.temperature",
+                "0.1..=100",
+            ),
             ("alpha = ", "alpha = 1.5 #", "distill.alpha", "0..=1"),
             ("epochs = ", "epochs = 0 #", "train.epochs", "1..=10000"),
-            ("generations = ", "generations = 99 #", "run.generations", "1..=50"),
+            (
+                "generations = ",
+                "generations = 99 #",
+                "run.generations",
+                "1..=50",
+            ),
         ];
         for (find, replace, key, range) in cases {
             assert!(quick_text().contains(find), "quick.toml lacks {find}");
             let text = quick_text().replacen(find, replace, 1);
             let msg = Preset::from_toml(&text, "q.toml").unwrap_err().to_string();
-            assert!(msg.contains(key) && msg.contains(range) && msg.contains("q.toml"), "{msg}");
+            assert!(
+                msg.contains(key) && msg.contains(range) && msg.contains("q.toml"),
+                "{msg}"
+            );
         }
     }
 
@@ -508,7 +568,11 @@ mod tests {
         let text = quick_text().replacen("arch = \"cnn\"", "arch = \"transformer\"", 1);
         let msg = Preset::from_toml(&text, "q.toml").unwrap_err().to_string();
         assert!(msg.contains("transformer") && msg.contains("cnn"), "{msg}");
-        let text = quick_text().replacen("[run]", "[run]\n", 1).replacen("seeds = [", "seeds = \"x\" #[", 1);
+        let text = quick_text().replacen("[run]", "[run]\n", 1).replacen(
+            "seeds = [",
+            "seeds = \"x\" #[",
+            1,
+        );
         assert!(Preset::from_toml(&text, "q.toml").is_err());
     }
 
@@ -526,12 +590,22 @@ mod tests {
         assert_eq!(resolve("quick").unwrap().name, "quick");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mine.toml");
-        std::fs::write(&path, quick_text().replace("name = \"quick\"", "name = \"mine\"")).unwrap();
+        std::fs::write(
+            &path,
+            quick_text().replace("name = \"quick\"", "name = \"mine\""),
+        )
+        .unwrap();
         assert_eq!(resolve(path.to_str().unwrap()).unwrap().name, "mine");
         let msg = resolve("nope").unwrap_err().to_string();
-        assert!(msg.contains("no such preset") && msg.contains("quick"), "{msg}");
+        assert!(
+            msg.contains("no such preset") && msg.contains("quick"),
+            "{msg}"
+        );
         let missing = dir.path().join("missing.toml");
         let msg = resolve(missing.to_str().unwrap()).unwrap_err().to_string();
-        assert!(msg.contains("missing.toml") && msg.contains("cannot read"), "{msg}");
+        assert!(
+            msg.contains("missing.toml") && msg.contains("cannot read"),
+            "{msg}"
+        );
     }
 }

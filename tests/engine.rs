@@ -11,8 +11,8 @@ use selfdistill::distill::correct_count;
 use selfdistill::preset::Preset;
 use selfdistill::store;
 use selfdistill::train::events::{
-    event_channel_with_capacity, Control, EvalMetrics, GenerationSummary, JobKey, Method, RunStatus, StepMetrics,
-    TeacherSource, TrainEvent,
+    event_channel_with_capacity, Control, EvalMetrics, GenerationSummary, JobKey, Method,
+    RunStatus, StepMetrics, TeacherSource, TrainEvent,
 };
 use selfdistill::train::{load_data, prepare, PreparedData, PreparedRun, RunOptions};
 
@@ -50,7 +50,11 @@ seeds = [5]
 fn run_events(preset: &Preset, data: PreparedData) -> Vec<TrainEvent> {
     let (tx, rx) = event_channel_with_capacity(usize::MAX);
     let (_controls, control_rx) = crossbeam_channel::unbounded();
-    let run = PreparedRun { preset: preset.clone(), data: Arc::new(data), writer: None };
+    let run = PreparedRun {
+        preset: preset.clone(),
+        data: Arc::new(data),
+        writer: None,
+    };
     let status = run.run(tx, control_rx);
     let events: Vec<TrainEvent> = rx.try_iter().collect();
     assert_eq!(status, RunStatus::Finished, "{:?}", errors(&events));
@@ -106,22 +110,36 @@ fn started(events: &[TrainEvent], key: JobKey) -> (TeacherSource, Option<f64>) {
     events
         .iter()
         .find_map(|e| match e {
-            TrainEvent::GenerationStarted { key: k, teacher, teacher_val_acc } if *k == key => {
-                Some((*teacher, *teacher_val_acc))
-            }
+            TrainEvent::GenerationStarted {
+                key: k,
+                teacher,
+                teacher_val_acc,
+            } if *k == key => Some((*teacher, *teacher_val_acc)),
             _ => None,
         })
         .expect("generation started")
 }
 
 fn key(method: Method, generation: usize) -> JobKey {
-    JobKey { seed: 5, method, generation }
+    JobKey {
+        seed: 5,
+        method,
+        generation,
+    }
 }
 
+/// (step, loss) of every step.
+type StepLosses = Vec<(u64, f64)>;
+/// (train loss, val loss, val acc, test acc) of every evaluation.
+type EvalNumbers = Vec<(f64, f64, f64, f64)>;
+
 /// Numbers that must not depend on wall-clock time.
-fn trajectory(events: &[TrainEvent]) -> (Vec<(u64, f64)>, Vec<(f64, f64, f64, f64)>) {
+fn trajectory(events: &[TrainEvent]) -> (StepLosses, EvalNumbers) {
     let s = steps(events).iter().map(|s| (s.step, s.loss)).collect();
-    let e = evals(events).iter().map(|e| (e.train_loss, e.val_loss, e.val_acc, e.test_acc)).collect();
+    let e = evals(events)
+        .iter()
+        .map(|e| (e.train_loss, e.val_loss, e.val_acc, e.test_acc))
+        .collect();
     (s, e)
 }
 
@@ -144,7 +162,11 @@ fn every_method_sees_the_same_initialisation_and_data_order() {
     // the same data from the same weights, so their first-epoch losses coincide.
     let events = run_preset(&tiny(r#""baseline", "conventional", "self""#, 2, ""));
     let per_method = |m: Method| -> Vec<f64> {
-        steps(&events).iter().filter(|s| s.key == key(m, 1) && s.epoch == 1).map(|s| s.loss).collect()
+        steps(&events)
+            .iter()
+            .filter(|s| s.key == key(m, 1) && s.epoch == 1)
+            .map(|s| s.loss)
+            .collect()
     };
     let base = per_method(Method::Baseline);
     assert!(base.len() > 5);
@@ -166,11 +188,17 @@ fn test_labels_never_influence_training() {
     let b = run_events(&preset, PreparedData::new(permuted, &preset));
     let (sa, ea) = trajectory(&a);
     let (sb, eb) = trajectory(&b);
-    assert_eq!(sa, sb, "training losses changed when only test labels changed");
-    let val = |e: &Vec<(f64, f64, f64, f64)>| e.iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>();
+    assert_eq!(
+        sa, sb,
+        "training losses changed when only test labels changed"
+    );
+    let val = |e: &EvalNumbers| e.iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>();
     assert_eq!(val(&ea), val(&eb));
     // The test numbers do see the new labels (they are reported, not ignored).
-    assert_ne!(ea.iter().map(|x| x.3).collect::<Vec<_>>(), eb.iter().map(|x| x.3).collect::<Vec<_>>());
+    assert_ne!(
+        ea.iter().map(|x| x.3).collect::<Vec<_>>(),
+        eb.iter().map(|x| x.3).collect::<Vec<_>>()
+    );
     // Teacher replacements (decisions) are identical.
     let repl = |ev: &[TrainEvent]| {
         ev.iter()
@@ -185,28 +213,47 @@ fn test_labels_never_influence_training() {
 
 #[test]
 fn conventional_generation_k_is_taught_by_generation_k_minus_1() {
-    for (choice, source) in [("final", TeacherSource::PreviousFinal), ("best", TeacherSource::PreviousBest)] {
+    for (choice, source) in [
+        ("final", TeacherSource::PreviousFinal),
+        ("best", TeacherSource::PreviousBest),
+    ] {
         // A high lr makes the last epoch worse than the best one, so final != best.
-        let mut preset = tiny(r#""conventional""#, 3, "schedule = \"constant\"\n").with_teacher(choice);
+        let mut preset =
+            tiny(r#""conventional""#, 3, "schedule = \"constant\"\n").with_teacher(choice);
         preset.train.lr = 0.3;
         let events = run_preset(&preset);
         let gens = finished(&events);
         assert_eq!(gens.len(), 3);
-        assert_eq!(started(&events, key(Method::Conventional, 1)), (TeacherSource::None, None));
+        assert_eq!(
+            started(&events, key(Method::Conventional, 1)),
+            (TeacherSource::None, None)
+        );
         let mut distinguishes = false;
         for k in 2..=3 {
             let prev = &gens[k - 2];
             let (src, acc) = started(&events, key(Method::Conventional, k));
             assert_eq!(src, source);
             // The teacher is re-evaluated at the start: its accuracy identifies it.
-            let want = if choice == "final" { prev.final_val_acc } else { prev.best_val_acc };
+            let want = if choice == "final" {
+                prev.final_val_acc
+            } else {
+                prev.best_val_acc
+            };
             assert_eq!(acc, Some(want), "{choice}: generation {k}");
             distinguishes |= prev.final_val_acc != prev.best_val_acc;
         }
-        assert!(distinguishes, "{choice}: test setup must make final and best differ");
+        assert!(
+            distinguishes,
+            "{choice}: test setup must make final and best differ"
+        );
         // Generation 2 trains with a teacher: its first-step loss differs from gen 1's
         // CE loss at the same (seeded) step.
-        let first = |g| steps(&events).into_iter().find(|s| s.key == key(Method::Conventional, g)).unwrap();
+        let first = |g| {
+            steps(&events)
+                .into_iter()
+                .find(|s| s.key == key(Method::Conventional, g))
+                .unwrap()
+        };
         assert!(!first(1).has_teacher && first(2).has_teacher);
     }
 }
@@ -232,7 +279,11 @@ fn self_distillation_replaces_the_teacher_exactly_when_validation_improves() {
     for g in 1..=2 {
         let k = key(Method::SelfDistill, g);
         let (_, initial) = started(&events, k);
-        assert_eq!(initial.is_some(), g > 1, "generation 2 inherits generation 1's best network");
+        assert_eq!(
+            initial.is_some(),
+            g > 1,
+            "generation 2 inherits generation 1's best network"
+        );
         let mut threshold = initial;
         let job: Vec<&TrainEvent> = events
             .iter()
@@ -247,23 +298,43 @@ fn self_distillation_replaces_the_teacher_exactly_when_validation_improves() {
             let next = job.get(i + 1);
             let improved = threshold.is_none_or(|t| m.val_acc > t);
             match next {
-                Some(TrainEvent::TeacherReplaced { step, old_acc, new_acc, .. }) => {
+                Some(TrainEvent::TeacherReplaced {
+                    step,
+                    old_acc,
+                    new_acc,
+                    ..
+                }) => {
                     assert!(improved, "replaced without improvement at step {}", m.step);
                     assert_eq!((*step, *old_acc, *new_acc), (m.step, threshold, m.val_acc));
                     threshold = Some(m.val_acc);
                     replacements += 1;
                 }
-                _ => assert!(!improved, "improved to {} at step {} but no replacement", m.val_acc, m.step),
+                _ => assert!(
+                    !improved,
+                    "improved to {} at step {} but no replacement",
+                    m.val_acc, m.step
+                ),
             }
         }
     }
     assert!(replacements >= 2);
     // Steps after the first replacement train with a teacher, those before without.
     let s = steps(&events);
-    assert!(!s.iter().find(|x| x.key == key(Method::SelfDistill, 1)).unwrap().has_teacher);
-    assert!(s.iter().filter(|x| x.key == key(Method::SelfDistill, 1) && x.step > 7).all(|x| x.has_teacher));
+    assert!(
+        !s.iter()
+            .find(|x| x.key == key(Method::SelfDistill, 1))
+            .unwrap()
+            .has_teacher
+    );
+    assert!(s
+        .iter()
+        .filter(|x| x.key == key(Method::SelfDistill, 1) && x.step > 7)
+        .all(|x| x.has_teacher));
     let gens = finished(&events);
-    assert_eq!(gens.iter().map(|g| g.teacher_replacements).sum::<usize>(), replacements);
+    assert_eq!(
+        gens.iter().map(|g| g.teacher_replacements).sum::<usize>(),
+        replacements
+    );
 }
 
 #[test]
@@ -271,14 +342,21 @@ fn controls_take_effect_at_the_next_step_and_are_echoed() {
     let mut preset = tiny(r#""self""#, 1, "");
     preset.train.epochs = 4;
     let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions { runs_dir: Some(dir.path().to_path_buf()), record: true, ..Default::default() };
+    let opts = RunOptions {
+        runs_dir: Some(dir.path().to_path_buf()),
+        record: true,
+        ..Default::default()
+    };
     let handle = prepare(preset, &opts).unwrap();
     let handle = handle.spawn();
     let mut log: Vec<TrainEvent> = Vec::new();
     let mut sent_t = false;
     let mut paused_at = None;
     let recv = |log: &mut Vec<TrainEvent>| {
-        let ev = handle.events.recv_timeout(Duration::from_secs(60)).expect("trainer alive");
+        let ev = handle
+            .events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("trainer alive");
         log.push(ev.clone());
         ev
     };
@@ -288,14 +366,21 @@ fn controls_take_effect_at_the_next_step_and_are_echoed() {
             TrainEvent::Step(s) if s.step >= 3 && !sent_t => {
                 handle.controls.send(Control::SetTemperature(2.5)).unwrap();
                 handle.controls.send(Control::SetAlpha(0.25)).unwrap();
-                handle.controls.send(Control::SetTemperature(1000.0)).unwrap(); // out of range
+                handle
+                    .controls
+                    .send(Control::SetTemperature(1000.0))
+                    .unwrap(); // out of range
                 sent_t = true;
             }
             TrainEvent::Step(s) if s.step >= 10 && paused_at.is_none() => {
                 handle.controls.send(Control::Pause).unwrap();
                 paused_at = Some(s.step);
             }
-            TrainEvent::ControlApplied { control: Control::Pause, step, .. } => {
+            TrainEvent::ControlApplied {
+                control: Control::Pause,
+                step,
+                ..
+            } => {
                 // While paused no step runs.
                 let quiet = handle.events.recv_timeout(Duration::from_millis(700));
                 assert!(quiet.is_err(), "event while paused: {quiet:?}");
@@ -346,7 +431,9 @@ fn controls_take_effect_at_the_next_step_and_are_echoed() {
             Control::Stop
         ]
     );
-    assert!(log.iter().any(|e| matches!(e, TrainEvent::Log { message } if message.contains("ignored"))));
+    assert!(log
+        .iter()
+        .any(|e| matches!(e, TrainEvent::Log { message } if message.contains("ignored"))));
     let all_steps = steps(&log);
     // Every step before the echoed step ran under the old value, every one from it on
     // under the new one.
@@ -360,11 +447,19 @@ fn controls_take_effect_at_the_next_step_and_are_echoed() {
             3.0
         };
         assert_eq!(s.temperature, want_t, "step {}", s.step);
-        assert_eq!(s.alpha, if s.step < applied[1].0 { 0.5 } else { 0.25 }, "step {}", s.step);
+        assert_eq!(
+            s.alpha,
+            if s.step < applied[1].0 { 0.5 } else { 0.25 },
+            "step {}",
+            s.step
+        );
     }
     // Pause, T change while paused and resume all take effect at the same next step.
     assert_eq!(applied[2].0, applied[4].0);
-    assert!(all_steps.iter().any(|s| s.step == applied[2].0), "training resumed at the echoed step");
+    assert!(
+        all_steps.iter().any(|s| s.step == applied[2].0),
+        "training resumed at the echoed step"
+    );
     // Stop: the step named in the echo never ran; the generation ended stopped.
     let stop_step = applied[5].0;
     assert_eq!(all_steps.last().unwrap().step, stop_step - 1);
@@ -384,7 +479,11 @@ fn controls_take_effect_at_the_next_step_and_are_echoed() {
 fn run_folder_holds_preset_events_metrics_summary_and_loadable_checkpoints() {
     let preset = tiny(r#""baseline", "conventional""#, 2, "");
     let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions { runs_dir: Some(dir.path().to_path_buf()), record: true, ..Default::default() };
+    let opts = RunOptions {
+        runs_dir: Some(dir.path().to_path_buf()),
+        record: true,
+        ..Default::default()
+    };
     let prepared = prepare(preset.clone(), &opts).unwrap();
     let data = prepared.data.clone();
     let handle = prepared.spawn();
@@ -393,11 +492,22 @@ fn run_folder_holds_preset_events_metrics_summary_and_loadable_checkpoints() {
     let run_dir = handle.run_dir.unwrap();
     assert!(run_dir.starts_with(dir.path()));
 
-    let saved = Preset::from_toml(&std::fs::read_to_string(run_dir.join(store::PRESET_FILE)).unwrap(), "saved").unwrap();
+    let saved = Preset::from_toml(
+        &std::fs::read_to_string(run_dir.join(store::PRESET_FILE)).unwrap(),
+        "saved",
+    )
+    .unwrap();
     assert_eq!(saved, preset);
     let logged = store::read_events(&run_dir).unwrap();
-    assert_eq!(evals(&logged), evals(&live), "every evaluation is in the log");
-    assert!(steps(&logged).len() >= steps(&live).len(), "the log holds every step");
+    assert_eq!(
+        evals(&logged),
+        evals(&live),
+        "every evaluation is in the log"
+    );
+    assert!(
+        steps(&logged).len() >= steps(&live).len(),
+        "the log holds every step"
+    );
     let csv = std::fs::read_to_string(run_dir.join(store::METRICS_FILE)).unwrap();
     assert_eq!(csv.lines().count(), 1 + evals(&live).len());
     assert!(csv.starts_with("seed,method,generation,step,epoch"));
@@ -414,12 +524,26 @@ fn run_folder_holds_preset_events_metrics_summary_and_loadable_checkpoints() {
             let path = store::checkpoint_path(&run_dir, g.key, which);
             let net = store::load_checkpoint::<Flex>(&path, spec.init(&device), &device).unwrap();
             let (mut x, mut y) = (Vec::new(), Vec::new());
-            data::fill_batch(&data.loaded.train, &data.split.val, &data.norm, None, &mut x, &mut y);
+            data::fill_batch(
+                &data.loaded.train,
+                &data.split.val,
+                &data.norm,
+                None,
+                &mut x,
+                &mut y,
+            );
             let n = data.split.val.len();
             let xs = Tensor::<Flex, 4>::from_data(TensorData::new(x, [n, 1, 12, 12]), &device);
             let ys = Tensor::<Flex, 1, Int>::from_data(TensorData::new(y, [n]), &device);
-            let acc = correct_count(net.forward(xs), ys).into_scalar().elem::<i64>() as f64 / n as f64;
-            assert!((acc - want).abs() < 1e-9, "{} {which}: {acc} vs {want}", g.key);
+            let acc = correct_count(net.forward(xs), ys)
+                .into_scalar()
+                .elem::<i64>() as f64
+                / n as f64;
+            assert!(
+                (acc - want).abs() < 1e-9,
+                "{} {which}: {acc} vs {want}",
+                g.key
+            );
         }
     }
     // The listing finds it.
@@ -433,10 +557,24 @@ fn quick_preset_ends_well_above_chance_for_every_method() {
     let preset = selfdistill::preset::shipped("quick").unwrap();
     let events = run_preset(&preset);
     let gens = finished(&events);
-    assert_eq!(gens.len(), 5, "baseline + 2 conventional + 2 self generations");
+    assert_eq!(
+        gens.len(),
+        5,
+        "baseline + 2 conventional + 2 self generations"
+    );
     for g in &gens {
-        assert!(g.best_val_acc > 0.5, "{}: val {:.3} (chance is 0.1)", g.key, g.best_val_acc);
-        assert!(g.test_acc_at_best > 0.5, "{}: test {:.3}", g.key, g.test_acc_at_best);
+        assert!(
+            g.best_val_acc > 0.5,
+            "{}: val {:.3} (chance is 0.1)",
+            g.key,
+            g.best_val_acc
+        );
+        assert!(
+            g.test_acc_at_best > 0.5,
+            "{}: test {:.3}",
+            g.key,
+            g.test_acc_at_best
+        );
     }
     for m in Method::ALL {
         assert!(gens.iter().any(|g| g.key.method == m), "{m} missing");

@@ -13,7 +13,11 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int
 }
 
 /// KL(p_t || p_s) with p = softmax(z / T), summed over classes, averaged over the batch.
-pub fn kl_batchmean<B: Backend>(student: Tensor<B, 2>, teacher: Tensor<B, 2>, temperature: f64) -> Tensor<B, 1> {
+pub fn kl_batchmean<B: Backend>(
+    student: Tensor<B, 2>,
+    teacher: Tensor<B, 2>,
+    temperature: f64,
+) -> Tensor<B, 1> {
     let batch = student.dims()[0] as f64;
     let log_ps = log_softmax(student.div_scalar(temperature), 1);
     let log_pt = log_softmax(teacher.div_scalar(temperature), 1);
@@ -35,7 +39,9 @@ pub fn kd_loss<B: Backend>(
             drop(t);
             cross_entropy(student, targets)
         }
-        Some(t) if alpha == 1.0 => kl_batchmean(student, t, temperature).mul_scalar(temperature * temperature),
+        Some(t) if alpha == 1.0 => {
+            kl_batchmean(student, t, temperature).mul_scalar(temperature * temperature)
+        }
         Some(t) => {
             let ce = cross_entropy(student.clone(), targets);
             let kd = kl_batchmean(student, t, temperature);
@@ -45,7 +51,10 @@ pub fn kd_loss<B: Backend>(
 }
 
 /// Number of rows whose arg-max equals the target.
-pub fn correct_count<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1, Int> {
+pub fn correct_count<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1, Int> {
     let pred: Tensor<B, 1, Int> = logits.argmax(1).squeeze_dim(1);
     pred.equal(targets).int().sum()
 }
@@ -87,8 +96,11 @@ mod tests {
     }
 
     fn loss(t: f64, alpha: f64) -> f64 {
-        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(TARGETS.to_vec(), [2]), &FlexDevice);
-        kd_loss(tensor(STUDENT), Some(tensor(TEACHER)), targets, t, alpha).into_scalar().elem::<f64>()
+        let targets =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(TARGETS.to_vec(), [2]), &FlexDevice);
+        kd_loss(tensor(STUDENT), Some(tensor(TEACHER)), targets, t, alpha)
+            .into_scalar()
+            .elem::<f64>()
     }
 
     #[test]
@@ -96,7 +108,10 @@ mod tests {
         for t in [1.0, 4.0] {
             for alpha in [0.0, 0.5, 1.0] {
                 let (got, want) = (loss(t, alpha), reference(t, alpha));
-                assert!((got - want).abs() < 1e-5, "T={t} alpha={alpha}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "T={t} alpha={alpha}: {got} vs {want}"
+                );
             }
         }
     }
@@ -104,29 +119,47 @@ mod tests {
     #[test]
     fn kd_loss_matches_literal_values() {
         // Computed independently in Python (float64, math module) for the tensors above.
-        let cases = [(1.0, 0.0, 1.5754564), (1.0, 1.0, 0.1022569), (4.0, 0.5, 0.8644615)];
+        let cases = [
+            (1.0, 0.0, 1.5754564),
+            (1.0, 1.0, 0.1022569),
+            (4.0, 0.5, 0.8644615),
+        ];
         for (t, alpha, want) in cases {
             let got = loss(t, alpha);
-            assert!((got - want).abs() < 1e-5, "T={t} alpha={alpha}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-5,
+                "T={t} alpha={alpha}: {got} vs {want}"
+            );
         }
     }
 
     #[test]
     fn no_teacher_means_cross_entropy() {
-        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(TARGETS.to_vec(), [2]), &FlexDevice);
-        let got = kd_loss(tensor(STUDENT), None, targets, 4.0, 0.9).into_scalar().elem::<f64>();
+        let targets =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(TARGETS.to_vec(), [2]), &FlexDevice);
+        let got = kd_loss(tensor(STUDENT), None, targets, 4.0, 0.9)
+            .into_scalar()
+            .elem::<f64>();
         assert!((got - reference(4.0, 0.0)).abs() < 1e-5);
     }
 
     #[test]
     fn kl_of_identical_logits_is_zero() {
-        let got = kl_batchmean(tensor(STUDENT), tensor(STUDENT), 3.0).into_scalar().elem::<f64>();
+        let got = kl_batchmean(tensor(STUDENT), tensor(STUDENT), 3.0)
+            .into_scalar()
+            .elem::<f64>();
         assert!(got.abs() < 1e-6, "{got}");
     }
 
     #[test]
     fn correct_count_counts_argmax_hits() {
-        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &FlexDevice);
-        assert_eq!(correct_count(tensor(STUDENT), targets).into_scalar().elem::<i64>(), 1);
+        let targets =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &FlexDevice);
+        assert_eq!(
+            correct_count(tensor(STUDENT), targets)
+                .into_scalar()
+                .elem::<i64>(),
+            1
+        );
     }
 }

@@ -78,17 +78,26 @@ impl ModelSpec {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Net<B> {
         match self.arch {
             Arch::Mlp => Net::Mlp(
-                MlpConfig::new(self.channels * self.height * self.width_px, self.width, self.num_classes)
-                    .init(device),
+                MlpConfig::new(
+                    self.channels * self.height * self.width_px,
+                    self.width,
+                    self.num_classes,
+                )
+                .init(device),
             ),
-            Arch::Cnn => Net::Cnn(CnnConfig::new(self.channels, self.width, self.num_classes).init(device)),
+            Arch::Cnn => {
+                Net::Cnn(CnnConfig::new(self.channels, self.width, self.num_classes).init(device))
+            }
             Arch::Resnet20 | Arch::Resnet32 | Arch::Resnet56 => {
                 let depth = match self.arch {
                     Arch::Resnet20 => 20,
                     Arch::Resnet32 => 32,
                     _ => 56,
                 };
-                Net::ResNet(ResNetConfig::new(depth, self.channels, self.width, self.num_classes).init(device))
+                Net::ResNet(
+                    ResNetConfig::new(depth, self.channels, self.width, self.num_classes)
+                        .init(device),
+                )
             }
         }
     }
@@ -104,6 +113,9 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
 }
 
 /// A classifier: images `[batch, channels, height, width]` to logits `[batch, classes]`.
+// A few networks live at once (student, teacher, best snapshot), never in bulk, so
+// the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Net<B: Backend> {
     Mlp(Mlp<B>),
@@ -130,7 +142,14 @@ mod tests {
     fn every_arch_maps_images_to_logits() {
         let device = FlexDevice;
         for arch in [Arch::Mlp, Arch::Cnn, Arch::Resnet20] {
-            let spec = ModelSpec { arch, width: 8, channels: 3, height: 16, width_px: 16, num_classes: 7 };
+            let spec = ModelSpec {
+                arch,
+                width: 8,
+                channels: 3,
+                height: 16,
+                width_px: 16,
+                num_classes: 7,
+            };
             let net: Net<Flex> = spec.init(&device);
             let x = Tensor::<Flex, 4>::zeros([2, 3, 16, 16], &device);
             assert_eq!(net.forward(x).dims(), [2, 7], "{arch:?}");
@@ -140,9 +159,22 @@ mod tests {
     #[test]
     fn seeded_init_is_reproducible_and_seed_dependent() {
         let device = FlexDevice;
-        let spec = ModelSpec { arch: Arch::Cnn, width: 4, channels: 1, height: 8, width_px: 8, num_classes: 3 };
+        let spec = ModelSpec {
+            arch: Arch::Cnn,
+            width: 4,
+            channels: 1,
+            height: 8,
+            width_px: 8,
+            num_classes: 3,
+        };
         let x = Tensor::<Flex, 4>::ones([1, 1, 8, 8], &device);
-        let out = |seed| spec.init_seeded::<Flex>(&device, seed).forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+        let out = |seed| {
+            spec.init_seeded::<Flex>(&device, seed)
+                .forward(x.clone())
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
         assert_eq!(out(1), out(1));
         assert_ne!(out(1), out(2));
     }
@@ -150,7 +182,11 @@ mod tests {
     #[test]
     fn resnet_depth_sets_block_count() {
         let device = FlexDevice;
-        let count = |depth| ResNetConfig::new(depth, 3, 4, 10).init::<Flex>(&device).num_blocks();
+        let count = |depth| {
+            ResNetConfig::new(depth, 3, 4, 10)
+                .init::<Flex>(&device)
+                .num_blocks()
+        };
         assert_eq!(count(20), 9);
         assert_eq!(count(32), 15);
         assert_eq!(count(56), 27);

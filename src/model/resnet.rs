@@ -30,7 +30,11 @@ impl<B: Backend> BasicBlock<B> {
                 .init(device),
             bn: BatchNormConfig::new(out).init(device),
         });
-        BasicBlock { a: ConvBn::new(inp, out, stride, device), b: ConvBn::new(out, out, 1, device), shortcut }
+        BasicBlock {
+            a: ConvBn::new(inp, out, stride, device),
+            b: ConvBn::new(out, out, 1, device),
+            shortcut,
+        }
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

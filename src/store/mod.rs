@@ -54,7 +54,11 @@ impl RunWriter {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         let (dir, run_id) = (0..1000)
             .find_map(|i| {
-                let id = if i == 0 { format!("{stamp}-{}", preset.name) } else { format!("{stamp}-{}-{i}", preset.name) };
+                let id = if i == 0 {
+                    format!("{stamp}-{}", preset.name)
+                } else {
+                    format!("{stamp}-{}-{i}", preset.name)
+                };
                 let dir = runs_dir.join(&id);
                 // create_dir (not _all) fails if it exists: no two runs share a folder.
                 match fs::create_dir(&dir) {
@@ -63,8 +67,17 @@ impl RunWriter {
                     Err(e) => Some(Err(e)),
                 }
             })
-            .unwrap_or_else(|| Err(io::Error::other("too many runs with the same name this second")))
-            .with_context(|| format!("cannot create a run folder in {} (is it writable?)", runs_dir.display()))?;
+            .unwrap_or_else(|| {
+                Err(io::Error::other(
+                    "too many runs with the same name this second",
+                ))
+            })
+            .with_context(|| {
+                format!(
+                    "cannot create a run folder in {} (is it writable?)",
+                    runs_dir.display()
+                )
+            })?;
         // Keep the folder inside the runs directory whatever the preset name says.
         debug_assert!(dir.starts_with(runs_dir));
         fs::create_dir(dir.join(CHECKPOINT_DIR))?;
@@ -80,7 +93,13 @@ impl RunWriter {
         let mut metrics = csv::Writer::from_writer(open(METRICS_FILE)?);
         metrics.write_record(METRIC_COLUMNS)?;
         metrics.flush()?;
-        Ok(RunWriter { dir, run_id, events, metrics, summary: RunSummary::default() })
+        Ok(RunWriter {
+            dir,
+            run_id,
+            events,
+            metrics,
+            summary: RunSummary::default(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -127,7 +146,10 @@ impl RunWriter {
             | TrainEvent::GenerationFinished(_)
             | TrainEvent::Finished { .. }
             | TrainEvent::Error { .. } => {
-                write_atomic(&self.dir.join(SUMMARY_FILE), &serde_json::to_vec_pretty(&self.summary)?)?;
+                write_atomic(
+                    &self.dir.join(SUMMARY_FILE),
+                    &serde_json::to_vec_pretty(&self.summary)?,
+                )?;
             }
             _ => {}
         }
@@ -135,7 +157,12 @@ impl RunWriter {
     }
 
     /// Saves a network as `checkpoints/s<seed>-<method>-g<gen>-<which>.mpk`.
-    pub fn save_checkpoint<B: Backend>(&self, key: JobKey, which: &str, net: Net<B>) -> Result<PathBuf> {
+    pub fn save_checkpoint<B: Backend>(
+        &self,
+        key: JobKey,
+        which: &str,
+        net: Net<B>,
+    ) -> Result<PathBuf> {
         let path = checkpoint_path(&self.dir, key, which);
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         net.save_file(path.with_extension(""), &recorder)
@@ -164,11 +191,20 @@ pub const METRIC_COLUMNS: [&str; 16] = [
 ];
 
 pub fn checkpoint_path(run_dir: &Path, key: JobKey, which: &str) -> PathBuf {
-    run_dir.join(CHECKPOINT_DIR).join(format!("s{}-{}-g{}-{which}.mpk", key.seed, key.method.name(), key.generation))
+    run_dir.join(CHECKPOINT_DIR).join(format!(
+        "s{}-{}-g{}-{which}.mpk",
+        key.seed,
+        key.method.name(),
+        key.generation
+    ))
 }
 
 /// Loads a checkpoint into a network of the same architecture.
-pub fn load_checkpoint<B: Backend>(path: &Path, template: Net<B>, device: &B::Device) -> Result<Net<B>> {
+pub fn load_checkpoint<B: Backend>(
+    path: &Path,
+    template: Net<B>,
+    device: &B::Device,
+) -> Result<Net<B>> {
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     template
         .load_file(path.with_extension(""), &recorder, device)
@@ -200,7 +236,11 @@ pub fn read_events(run_dir: &Path) -> Result<Vec<TrainEvent>> {
         match serde_json::from_str(line) {
             Ok(ev) => out.push(ev),
             Err(_) if i == last => break,
-            Err(e) => anyhow::bail!("{}: line {} is not a valid event: {e}", path.display(), i + 1),
+            Err(e) => anyhow::bail!(
+                "{}: line {} is not a valid event: {e}",
+                path.display(),
+                i + 1
+            ),
         }
     }
     Ok(out)
@@ -216,7 +256,9 @@ pub struct RunInfo {
 
 /// Lists run folders (newest first), summarised from their event logs.
 pub fn list_runs(runs_dir: &Path) -> Vec<RunInfo> {
-    let Ok(read) = fs::read_dir(runs_dir) else { return Vec::new() };
+    let Ok(read) = fs::read_dir(runs_dir) else {
+        return Vec::new();
+    };
     let mut runs: Vec<RunInfo> = read
         .flatten()
         .filter(|e| e.path().join(EVENTS_FILE).is_file())
@@ -241,10 +283,21 @@ mod tests {
     #[test]
     fn torn_last_line_is_skipped_but_corruption_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let good = serde_json::to_string(&TrainEvent::Log { message: "a".into() }).unwrap();
-        fs::write(dir.path().join(EVENTS_FILE), format!("{good}\n{good}\n{{\"event\":\"lo")).unwrap();
+        let good = serde_json::to_string(&TrainEvent::Log {
+            message: "a".into(),
+        })
+        .unwrap();
+        fs::write(
+            dir.path().join(EVENTS_FILE),
+            format!("{good}\n{good}\n{{\"event\":\"lo"),
+        )
+        .unwrap();
         assert_eq!(read_events(dir.path()).unwrap().len(), 2);
-        fs::write(dir.path().join(EVENTS_FILE), format!("{good}\nnot json\n{good}\n")).unwrap();
+        fs::write(
+            dir.path().join(EVENTS_FILE),
+            format!("{good}\nnot json\n{good}\n"),
+        )
+        .unwrap();
         let msg = read_events(dir.path()).unwrap_err().to_string();
         assert!(msg.contains("line 2"), "{msg}");
     }
@@ -255,7 +308,12 @@ mod tests {
         let file = dir.path().join("not-a-dir");
         fs::write(&file, "x").unwrap();
         let preset = crate::preset::shipped("quick").unwrap();
-        let msg = format!("{:#}", RunWriter::create(&file.join("runs"), &preset).err().unwrap());
+        let msg = format!(
+            "{:#}",
+            RunWriter::create(&file.join("runs"), &preset)
+                .err()
+                .unwrap()
+        );
         assert!(msg.contains("not-a-dir"), "{msg}");
     }
 }

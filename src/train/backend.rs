@@ -81,7 +81,9 @@ fn probe_cuda() -> Result<(), BackendError> {
     std::panic::set_hook(hook);
     match result {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
-        Ok(v) => Err(BackendError::Unavailable(format!("probe computed {v} instead of 3"))),
+        Ok(v) => Err(BackendError::Unavailable(format!(
+            "probe computed {v} instead of 3"
+        ))),
         Err(p) => Err(BackendError::Unavailable(panic_message(&p))),
     }
 }

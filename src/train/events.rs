@@ -314,7 +314,9 @@ pub fn event_channel() -> (EventSender, Receiver<TrainEvent>) {
 
 /// Creates the event channel; step events beyond `max_steps_in_flight` unread ones
 /// are coalesced by the trainer.
-pub fn event_channel_with_capacity(max_steps_in_flight: usize) -> (EventSender, Receiver<TrainEvent>) {
+pub fn event_channel_with_capacity(
+    max_steps_in_flight: usize,
+) -> (EventSender, Receiver<TrainEvent>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     (
         EventSender {
@@ -332,7 +334,11 @@ mod tests {
 
     fn step(n: u64) -> StepMetrics {
         StepMetrics {
-            key: JobKey { seed: 1, method: Method::Baseline, generation: 1 },
+            key: JobKey {
+                seed: 1,
+                method: Method::Baseline,
+                generation: 1,
+            },
             step: n,
             run_step: n,
             epoch: 1,
@@ -354,7 +360,9 @@ mod tests {
         let back = tx.offer_step(step(3)).unwrap_err();
         assert_eq!(back.step, 3);
         // Essential events are never refused.
-        tx.send(TrainEvent::Log { message: "x".into() });
+        tx.send(TrainEvent::Log {
+            message: "x".into(),
+        });
         drop(rx.recv().unwrap()); // consumer reads one step: a slot frees up
         assert!(tx.offer_step(step(4)).is_ok());
         assert!(tx.offer_step(step(5)).is_err());
@@ -365,7 +373,11 @@ mod tests {
     #[test]
     fn events_round_trip_through_json() {
         let ev = TrainEvent::ControlApplied {
-            key: JobKey { seed: 3, method: Method::SelfDistill, generation: 2 },
+            key: JobKey {
+                seed: 3,
+                method: Method::SelfDistill,
+                generation: 2,
+            },
             step: 17,
             control: Control::SetTemperature(2.5),
         };

@@ -47,7 +47,14 @@ mod tests {
     use super::*;
 
     fn sched(kind: ScheduleKind) -> Schedule {
-        Schedule { kind, base_lr: 0.1, total_steps: 100, steps_per_epoch: 10, milestones: vec![5, 8], gamma: 0.1 }
+        Schedule {
+            kind,
+            base_lr: 0.1,
+            total_steps: 100,
+            steps_per_epoch: 10,
+            milestones: vec![5, 8],
+            gamma: 0.1,
+        }
     }
 
     #[test]

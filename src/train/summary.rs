@@ -101,7 +101,11 @@ impl RunSummary {
     fn cumulative_before(&self, key: JobKey) -> f64 {
         self.generations
             .iter()
-            .filter(|g| g.key.seed == key.seed && g.key.method == key.method && g.key.generation < key.generation)
+            .filter(|g| {
+                g.key.seed == key.seed
+                    && g.key.method == key.method
+                    && g.key.generation < key.generation
+            })
             .map(|g| g.wall_s)
             .sum()
     }
@@ -110,15 +114,24 @@ impl RunSummary {
     pub fn comparison(&self) -> Vec<ComparisonRow> {
         let mut groups: BTreeMap<(Method, usize), Vec<&GenerationSummary>> = BTreeMap::new();
         for g in &self.generations {
-            groups.entry((g.key.method, g.key.generation)).or_default().push(g);
+            groups
+                .entry((g.key.method, g.key.generation))
+                .or_default()
+                .push(g);
         }
         groups
             .into_iter()
             .map(|((method, generation), gs)| {
                 let n = gs.len() as f64;
-                let mean = |f: &dyn Fn(&GenerationSummary) -> f64| gs.iter().map(|g| f(g)).sum::<f64>() / n;
+                let mean = |f: &dyn Fn(&GenerationSummary) -> f64| {
+                    gs.iter().map(|g| f(g)).sum::<f64>() / n
+                };
                 let best = mean(&|g| g.best_val_acc);
-                let var = gs.iter().map(|g| (g.best_val_acc - best).powi(2)).sum::<f64>() / n;
+                let var = gs
+                    .iter()
+                    .map(|g| (g.best_val_acc - best).powi(2))
+                    .sum::<f64>()
+                    / n;
                 ComparisonRow {
                     method,
                     generation,
@@ -149,9 +162,17 @@ impl RunSummary {
     pub fn first_to_reach(&self, target: f64) -> Vec<Reached> {
         let first_seed = self.evals.first().map(|e| e.key.seed);
         let mut out: Vec<Reached> = Vec::new();
-        for e in self.evals.iter().filter(|e| Some(e.key.seed) == first_seed && e.val_acc >= target) {
+        for e in self
+            .evals
+            .iter()
+            .filter(|e| Some(e.key.seed) == first_seed && e.val_acc >= target)
+        {
             if !out.iter().any(|r| r.method == e.key.method) {
-                out.push(Reached { method: e.key.method, generation: e.key.generation, cumulative_s: e.cumulative_s });
+                out.push(Reached {
+                    method: e.key.method,
+                    generation: e.key.generation,
+                    cumulative_s: e.cumulative_s,
+                });
             }
         }
         out.sort_by(|a, b| a.cumulative_s.total_cmp(&b.cumulative_s));
@@ -170,7 +191,11 @@ pub fn format_table(summary: &RunSummary) -> String {
     ));
     for r in &rows {
         let best = if multi_seed {
-            format!("{:.2}±{:.2}%", 100.0 * r.best_val_acc, 100.0 * r.best_val_std)
+            format!(
+                "{:.2}±{:.2}%",
+                100.0 * r.best_val_acc,
+                100.0 * r.best_val_std
+            )
         } else {
             format!("{:.2}%", 100.0 * r.best_val_acc)
         };
@@ -212,7 +237,11 @@ mod tests {
     use crate::train::events::EvalMetrics;
 
     fn key(method: Method, generation: usize) -> JobKey {
-        JobKey { seed: 1, method, generation }
+        JobKey {
+            seed: 1,
+            method,
+            generation,
+        }
     }
 
     fn gen(method: Method, generation: usize, best: f64, wall: f64) -> TrainEvent {
@@ -263,14 +292,23 @@ mod tests {
         let s = RunSummary::from_events(&events);
         let rows = s.comparison();
         assert_eq!(rows.len(), 3);
-        let conv2 = rows.iter().find(|r| r.method == Method::Conventional && r.generation == 2).unwrap();
+        let conv2 = rows
+            .iter()
+            .find(|r| r.method == Method::Conventional && r.generation == 2)
+            .unwrap();
         assert!((conv2.cumulative_s - 20.0).abs() < 1e-9);
         assert_eq!(s.conventional_best(), Some(0.80));
         let reached = s.first_to_reach(0.80);
         assert_eq!(reached[0].method, Method::SelfDistill);
         assert!((reached[0].cumulative_s - 8.0).abs() < 1e-9);
-        assert!((reached[1].cumulative_s - 15.0).abs() < 1e-9, "conventional g2 at 10 + 5");
+        assert!(
+            (reached[1].cumulative_s - 15.0).abs() < 1e-9,
+            "conventional g2 at 10 + 5"
+        );
         let table = format_table(&s);
-        assert!(table.contains("81.00%") && table.contains("self"), "{table}");
+        assert!(
+            table.contains("81.00%") && table.contains("self"),
+            "{table}"
+        );
     }
 }

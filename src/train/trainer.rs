@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use burn::optim::momentum::MomentumConfig;
 use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -20,8 +20,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::backend::{check_available, panic_message, BackendKind};
 use super::events::{
-    event_channel, Control, EvalMetrics, EventSender, GenerationSummary, JobKey, Method, RunPlan, RunStatus,
-    StepMetrics, TeacherSource, Ticket, TrainEvent,
+    event_channel, Control, EvalMetrics, EventSender, GenerationSummary, JobKey, Method, RunPlan,
+    RunStatus, StepMetrics, TeacherSource, Ticket, TrainEvent,
 };
 use super::schedule::Schedule;
 use crate::data::{self, Augment, DataOptions, LoadedData, Normalizer, Split, SyntheticConfig};
@@ -57,8 +57,12 @@ impl PreparedData {
     /// fitted on the training part only.
     pub fn new(loaded: LoadedData, preset: &Preset) -> PreparedData {
         let d = &preset.data;
-        let mut split =
-            data::stratified_split(&loaded.train.labels, loaded.train.num_classes, d.val_fraction, d.split_seed);
+        let mut split = data::stratified_split(
+            &loaded.train.labels,
+            loaded.train.num_classes,
+            d.val_fraction,
+            d.split_seed,
+        );
         if let Some(limit) = d.train_limit {
             if limit < split.train.len() {
                 let mut keep = data::shuffled(&split.train, d.split_seed ^ 0x11_7e57);
@@ -70,7 +74,13 @@ impl PreparedData {
         let norm = Normalizer::fit(&loaded.train, &split.train);
         let augment = preset.augment().then_some(Augment { pad: 4, flip: true });
         let test = (0..loaded.test.len()).collect();
-        PreparedData { loaded, split, test, norm, augment }
+        PreparedData {
+            loaded,
+            split,
+            test,
+            norm,
+            augment,
+        }
     }
 
     pub fn model_spec(&self, preset: &Preset) -> ModelSpec {
@@ -126,12 +136,19 @@ pub fn prepare(mut preset: Preset, opts: &RunOptions) -> Result<PreparedRun> {
     let loaded = load_data(&preset)?;
     let data = Arc::new(PreparedData::new(loaded, &preset));
     let writer = if opts.record {
-        let runs_dir = opts.runs_dir.clone().unwrap_or_else(crate::store::default_runs_dir);
+        let runs_dir = opts
+            .runs_dir
+            .clone()
+            .unwrap_or_else(crate::store::default_runs_dir);
         Some(RunWriter::create(&runs_dir, &preset)?)
     } else {
         None
     };
-    Ok(PreparedRun { preset, data, writer })
+    Ok(PreparedRun {
+        preset,
+        data,
+        writer,
+    })
 }
 
 /// The UI's handle on a running trainer.
@@ -152,37 +169,70 @@ impl PreparedRun {
             .name("selfdistill-trainer".into())
             .spawn(move || self.run(tx, control_rx))
             .expect("spawning a thread");
-        RunHandle { events, controls, run_dir, thread }
+        RunHandle {
+            events,
+            controls,
+            run_dir,
+            thread,
+        }
     }
 
     /// Runs on the current thread; a panic inside becomes an error event.
     pub fn run(self, tx: EventSender, controls: Receiver<Control>) -> RunStatus {
-        let PreparedRun { preset, data, writer } = self;
-        let sink = Arc::new(Mutex::new(Sink { tx: tx.clone(), store: writer }));
-        let started = Instant::now();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match preset.backend {
-            BackendKind::Cpu => {
-                use burn::backend::{flex::FlexDevice, Autodiff, Flex};
-                Trainer::<Autodiff<Flex>>::new(FlexDevice, &preset, &data, sink.clone(), controls).run_all()
-            }
-            #[cfg(feature = "cuda")]
-            BackendKind::Cuda => {
-                use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
-                Trainer::<Autodiff<Cuda>>::new(CudaDevice::new(0), &preset, &data, sink.clone(), controls).run_all()
-            }
-            #[cfg(not(feature = "cuda"))]
-            BackendKind::Cuda => Err(super::backend::BackendError::NotCompiled.into()),
+        let PreparedRun {
+            preset,
+            data,
+            writer,
+        } = self;
+        let sink = Arc::new(Mutex::new(Sink {
+            tx: tx.clone(),
+            store: writer,
         }));
+        let started = Instant::now();
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match preset.backend {
+                BackendKind::Cpu => {
+                    use burn::backend::{flex::FlexDevice, Autodiff, Flex};
+                    Trainer::<Autodiff<Flex>>::new(
+                        FlexDevice,
+                        &preset,
+                        &data,
+                        sink.clone(),
+                        controls,
+                    )
+                    .run_all()
+                }
+                #[cfg(feature = "cuda")]
+                BackendKind::Cuda => {
+                    use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
+                    Trainer::<Autodiff<Cuda>>::new(
+                        CudaDevice::new(0),
+                        &preset,
+                        &data,
+                        sink.clone(),
+                        controls,
+                    )
+                    .run_all()
+                }
+                #[cfg(not(feature = "cuda"))]
+                BackendKind::Cuda => Err(super::backend::BackendError::NotCompiled.into()),
+            }));
         let (status, error) = match outcome {
             Ok(Ok(status)) => (status, None),
             Ok(Err(e)) => (RunStatus::Failed, Some(format!("{e:#}"))),
-            Err(p) => (RunStatus::Failed, Some(format!("trainer panicked: {}", panic_message(&*p)))),
+            Err(p) => (
+                RunStatus::Failed,
+                Some(format!("trainer panicked: {}", panic_message(&*p))),
+            ),
         };
         let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(message) = error {
             let _ = sink.emit(TrainEvent::Error { message });
         }
-        let _ = sink.emit(TrainEvent::Finished { status, wall_s: started.elapsed().as_secs_f64() });
+        let _ = sink.emit(TrainEvent::Finished {
+            status,
+            wall_s: started.elapsed().as_secs_f64(),
+        });
         status
     }
 }
@@ -214,7 +264,10 @@ impl Sink {
 fn mix(parts: &[u64]) -> u64 {
     let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
     for p in parts {
-        h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
+        h ^= p
+            .wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(h << 6)
+            .wrapping_add(h >> 2);
         let mut z = h;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -235,7 +288,10 @@ struct Teacher<B: Backend> {
 
 impl<B: Backend> Clone for Teacher<B> {
     fn clone(&self) -> Self {
-        Teacher { net: self.net.clone(), val_acc: self.val_acc }
+        Teacher {
+            net: self.net.clone(),
+            val_acc: self.val_acc,
+        }
     }
 }
 
@@ -289,7 +345,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             data,
             sink,
             controls,
-            knobs: Knobs { temperature: preset.distill.temperature, alpha: preset.distill.alpha, paused: false },
+            knobs: Knobs {
+                temperature: preset.distill.temperature,
+                alpha: preset.distill.alpha,
+                paused: false,
+            },
             run_step: 0,
             pending_step: None,
             batch: Vec::new(),
@@ -307,7 +367,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         for &seed in &p.run.seeds {
             for &method in &p.run.methods {
                 for generation in 1..=p.generations_for(method) {
-                    jobs.push(JobKey { seed, method, generation });
+                    jobs.push(JobKey {
+                        seed,
+                        method,
+                        generation,
+                    });
                 }
             }
         }
@@ -318,7 +382,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         };
         let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         RunPlan {
-            run_id: sink.store.as_ref().map(|s| s.run_id().to_string()).unwrap_or_else(|| "unrecorded".into()),
+            run_id: sink
+                .store
+                .as_ref()
+                .map(|s| s.run_id().to_string())
+                .unwrap_or_else(|| "unrecorded".into()),
             preset: p.name.clone(),
             dataset: format!("{} ({})", p.data.dataset.name(), self.data.loaded.source),
             model: self.spec.describe(),
@@ -343,14 +411,24 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             for &method in &self.preset.run.methods {
                 let mut previous: Option<GenerationOutcome<B::InnerBackend>> = None;
                 for generation in 1..=self.preset.generations_for(method) {
-                    let key = JobKey { seed, method, generation };
+                    let key = JobKey {
+                        seed,
+                        method,
+                        generation,
+                    };
                     let (source, teacher) = match (&previous, method) {
                         (None, _) | (_, Method::Baseline) => (TeacherSource::None, None),
                         (Some(prev), Method::Conventional) => match self.preset.distill.teacher {
-                            TeacherChoice::Final => (TeacherSource::PreviousFinal, Some(prev.final_net.clone())),
-                            TeacherChoice::Best => (TeacherSource::PreviousBest, Some(prev.best_net.clone())),
+                            TeacherChoice::Final => {
+                                (TeacherSource::PreviousFinal, Some(prev.final_net.clone()))
+                            }
+                            TeacherChoice::Best => {
+                                (TeacherSource::PreviousBest, Some(prev.best_net.clone()))
+                            }
                         },
-                        (Some(prev), Method::SelfDistill) => (TeacherSource::PreviousBest, prev.teacher.clone()),
+                        (Some(prev), Method::SelfDistill) => {
+                            (TeacherSource::PreviousBest, prev.teacher.clone())
+                        }
                     };
                     let outcome = self.train_generation(key, source, teacher)?;
                     if outcome.stopped {
@@ -365,17 +443,25 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
 
     fn init_student(&self, key: JobKey) -> Net<B> {
         // Same (seed, generation) => same initial weights for every method.
-        self.spec.init_seeded(&self.device, mix(&[key.seed, key.generation as u64, PURPOSE_INIT]))
+        self.spec.init_seeded(
+            &self.device,
+            mix(&[key.seed, key.generation as u64, PURPOSE_INIT]),
+        )
     }
 
     fn optimizer_config(&self) -> SgdConfig {
         let t = &self.preset.train;
         let momentum = (t.momentum > 0.0).then(|| {
             // Burn's default dampening is 0.1; PyTorch's (and the literature's) is 0.
-            MomentumConfig::new().with_momentum(t.momentum).with_dampening(0.0).with_nesterov(t.nesterov)
+            MomentumConfig::new()
+                .with_momentum(t.momentum)
+                .with_dampening(0.0)
+                .with_nesterov(t.nesterov)
         });
         let decay = (t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32));
-        SgdConfig::new().with_momentum(momentum).with_weight_decay(decay)
+        SgdConfig::new()
+            .with_momentum(momentum)
+            .with_weight_decay(decay)
     }
 
     fn train_generation(
@@ -401,13 +487,16 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         };
         // Measure the inherited teacher instead of trusting its label: the event then
         // shows which network really teaches (and tests can check it).
-        let teacher_val_acc = match &teacher {
-            Some(t) => Some(self.eval_split(&t.net, EvalSet::Val).1),
-            None => None,
-        };
+        let teacher_val_acc = teacher
+            .as_ref()
+            .map(|t| self.eval_split(&t.net, EvalSet::Val).1);
         self.emit(TrainEvent::GenerationStarted {
             key,
-            teacher: if teacher.is_some() { source } else { TeacherSource::None },
+            teacher: if teacher.is_some() {
+                source
+            } else {
+                TeacherSource::None
+            },
             teacher_val_acc,
         })?;
 
@@ -416,9 +505,16 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let mut step: u64 = 0;
         let mut stopped = false;
         'epochs: for epoch in 0..p.train.epochs {
-            let order = data::shuffled(&data.split.train, mix(&[key.seed, key.generation as u64, epoch as u64, PURPOSE_ORDER]));
-            let mut aug_rng =
-                ChaCha8Rng::seed_from_u64(mix(&[key.seed, key.generation as u64, epoch as u64, PURPOSE_AUGMENT]));
+            let order = data::shuffled(
+                &data.split.train,
+                mix(&[key.seed, key.generation as u64, epoch as u64, PURPOSE_ORDER]),
+            );
+            let mut aug_rng = ChaCha8Rng::seed_from_u64(mix(&[
+                key.seed,
+                key.generation as u64,
+                epoch as u64,
+                PURPOSE_AUGMENT,
+            ]));
             for chunk in order.chunks(p.train.batch_size) {
                 if let Flow::Stop = self.poll_controls(key, step + 1)? {
                     stopped = true;
@@ -427,9 +523,17 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 let lr = schedule.lr_at(step);
                 let (x, y) = self.make_batch(chunk, &mut aug_rng);
                 let logits = student.forward(x.clone());
-                let teacher_logits = teacher.as_ref().map(|t| Tensor::<B, 2>::from_inner(t.net.forward(x.inner())));
+                let teacher_logits = teacher
+                    .as_ref()
+                    .map(|t| Tensor::<B, 2>::from_inner(t.net.forward(x.inner())));
                 let has_teacher = teacher_logits.is_some();
-                let loss = kd_loss(logits.clone(), teacher_logits, y.clone(), self.knobs.temperature, self.knobs.alpha);
+                let loss = kd_loss(
+                    logits.clone(),
+                    teacher_logits,
+                    y.clone(),
+                    self.knobs.temperature,
+                    self.knobs.alpha,
+                );
                 let correct = correct_count(logits.inner(), y.inner());
                 let grads = GradientsParams::from_grads(loss.backward(), &student);
                 student = optim.step(lr, student, grads);
@@ -438,7 +542,9 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 step += 1;
                 self.run_step += 1;
                 if !loss_value.is_finite() {
-                    anyhow::bail!("{key}: loss became {loss_value} at step {step} (diverged); lower train.lr");
+                    anyhow::bail!(
+                        "{key}: loss became {loss_value} at step {step} (diverged); lower train.lr"
+                    );
                 }
                 state.train_loss_sum += loss_value * chunk.len() as f64;
                 state.train_correct += correct;
@@ -458,16 +564,36 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 })?;
                 let eval_due = match p.train.eval_every {
                     0 => false,
-                    n => step % n == 0,
+                    n => step.is_multiple_of(n),
                 };
                 if eval_due {
                     let epochs_done = step as f64 / steps_per_epoch as f64;
-                    self.evaluate(key, &student, step, epochs_done, lr, started, is_self, &mut teacher, &mut state)?;
+                    self.evaluate(
+                        key,
+                        &student,
+                        step,
+                        epochs_done,
+                        lr,
+                        started,
+                        is_self,
+                        &mut teacher,
+                        &mut state,
+                    )?;
                 }
             }
             if p.train.eval_every == 0 {
                 let lr = schedule.lr_at(step.saturating_sub(1));
-                self.evaluate(key, &student, step, (epoch + 1) as f64, lr, started, is_self, &mut teacher, &mut state)?;
+                self.evaluate(
+                    key,
+                    &student,
+                    step,
+                    (epoch + 1) as f64,
+                    lr,
+                    started,
+                    is_self,
+                    &mut teacher,
+                    &mut state,
+                )?;
             }
         }
         // The final network must have numbers even when the last step was not an
@@ -475,11 +601,24 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         if state.last_eval_step != Some(step) {
             let lr = schedule.lr_at(step.saturating_sub(1));
             let epochs_done = step as f64 / steps_per_epoch as f64;
-            self.evaluate(key, &student, step, epochs_done, lr, started, is_self, &mut teacher, &mut state)?;
+            self.evaluate(
+                key,
+                &student,
+                step,
+                epochs_done,
+                lr,
+                started,
+                is_self,
+                &mut teacher,
+                &mut state,
+            )?;
         }
         self.flush_pending_step(true)?;
 
-        let final_net = Teacher { net: student.valid(), val_acc: state.last_val_acc };
+        let final_net = Teacher {
+            net: student.valid(),
+            val_acc: state.last_val_acc,
+        };
         let best = state.best.take().unwrap_or_else(|| BestSnapshot {
             net: final_net.net.clone(),
             val_acc: state.last_val_acc,
@@ -507,23 +646,49 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             stopped,
         }))?;
         Ok(GenerationOutcome {
-            best_net: Teacher { net: best.net, val_acc: best.val_acc },
+            best_net: Teacher {
+                net: best.net,
+                val_acc: best.val_acc,
+            },
             final_net,
             teacher,
             stopped,
         })
     }
 
-    fn make_batch(&mut self, indices: &[usize], rng: &mut ChaCha8Rng) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    fn make_batch(
+        &mut self,
+        indices: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
         let set = &self.data.loaded.train;
         let augment = self.data.augment.as_ref().map(|a| (a, rng));
-        data::fill_batch(set, indices, &self.data.norm, augment, &mut self.batch, &mut self.labels);
-        self.to_tensors(indices.len(), set.channels, set.height, set.width)
+        data::fill_batch(
+            set,
+            indices,
+            &self.data.norm,
+            augment,
+            &mut self.batch,
+            &mut self.labels,
+        );
+        self.take_batch_tensors(indices.len(), set.channels, set.height, set.width)
     }
 
-    fn to_tensors(&mut self, n: usize, c: usize, h: usize, w: usize) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-        let x = Tensor::from_data(TensorData::new(std::mem::take(&mut self.batch), [n, c, h, w]), &self.device);
-        let y = Tensor::from_data(TensorData::new(std::mem::take(&mut self.labels), [n]), &self.device);
+    fn take_batch_tensors(
+        &mut self,
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+        let x = Tensor::from_data(
+            TensorData::new(std::mem::take(&mut self.batch), [n, c, h, w]),
+            &self.device,
+        );
+        let y = Tensor::from_data(
+            TensorData::new(std::mem::take(&mut self.labels), [n]),
+            &self.device,
+        );
         (x, y)
     }
 
@@ -549,7 +714,12 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let seen = state.train_seen.max(1) as f64;
         let improved = state.best.as_ref().is_none_or(|b| val_acc > b.val_acc);
         if improved {
-            state.best = Some(BestSnapshot { net: model.clone(), val_acc, step, test_acc });
+            state.best = Some(BestSnapshot {
+                net: model.clone(),
+                val_acc,
+                step,
+                test_acc,
+            });
         }
         self.emit(TrainEvent::Eval(EvalMetrics {
             key,
@@ -577,9 +747,18 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         // teaches; a strictly better student replaces it.
         let teacher_acc = teacher.as_ref().map(|t| t.val_acc);
         if is_self && teacher_acc.is_none_or(|a| val_acc > a) {
-            *teacher = Some(Teacher { net: model, val_acc });
+            *teacher = Some(Teacher {
+                net: model,
+                val_acc,
+            });
             state.replacements += 1;
-            self.emit(TrainEvent::TeacherReplaced { key, step, epoch, old_acc: teacher_acc, new_acc: val_acc })?;
+            self.emit(TrainEvent::TeacherReplaced {
+                key,
+                step,
+                epoch,
+                old_acc: teacher_acc,
+                new_acc: val_acc,
+            })?;
         }
         Ok(())
     }
@@ -594,10 +773,20 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let device = self.device.clone();
         let (mut loss_sum, mut correct) = (0.0, 0u64);
         for chunk in indices.chunks(EVAL_BATCH) {
-            data::fill_batch(set, chunk, &data.norm, None, &mut self.batch, &mut self.labels);
+            data::fill_batch(
+                set,
+                chunk,
+                &data.norm,
+                None,
+                &mut self.batch,
+                &mut self.labels,
+            );
             let n = chunk.len();
             let x = Tensor::<B::InnerBackend, 4>::from_data(
-                TensorData::new(std::mem::take(&mut self.batch), [n, set.channels, set.height, set.width]),
+                TensorData::new(
+                    std::mem::take(&mut self.batch),
+                    [n, set.channels, set.height, set.width],
+                ),
                 &device,
             );
             let y = Tensor::<B::InnerBackend, 1, Int>::from_data(
@@ -605,7 +794,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 &device,
             );
             let logits = model.forward(x);
-            loss_sum += cross_entropy(logits.clone(), y.clone()).into_scalar().elem::<f64>() * n as f64;
+            loss_sum += cross_entropy(logits.clone(), y.clone())
+                .into_scalar()
+                .elem::<f64>()
+                * n as f64;
             correct += correct_count(logits, y).into_scalar().elem::<i64>() as u64;
         }
         let n = indices.len().max(1) as f64;
@@ -638,7 +830,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 }
                 Control::Pause | Control::Resume => false,
                 Control::SetTemperature(t) => {
-                    let ok = t.is_finite() && t >= limits::TEMPERATURE.0 && t <= limits::TEMPERATURE.1;
+                    let ok =
+                        t.is_finite() && t >= limits::TEMPERATURE.0 && t <= limits::TEMPERATURE.1;
                     if ok {
                         self.knobs.temperature = t;
                     }
@@ -655,9 +848,15 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             };
             if applied {
                 self.flush_pending_step(false)?;
-                self.emit(TrainEvent::ControlApplied { key, step: next_step, control })?;
+                self.emit(TrainEvent::ControlApplied {
+                    key,
+                    step: next_step,
+                    control,
+                })?;
             } else {
-                self.emit(TrainEvent::Log { message: format!("control {control} ignored (out of range or no effect)") })?;
+                self.emit(TrainEvent::Log {
+                    message: format!("control {control} ignored (out of range or no effect)"),
+                })?;
             }
             if control == Control::Stop {
                 return Ok(Flow::Stop);
@@ -698,7 +897,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
 fn merge_steps(older: StepMetrics, newer: StepMetrics) -> StepMetrics {
     let n = older.coalesced + newer.coalesced;
     StepMetrics {
-        loss: (older.loss * older.coalesced as f64 + newer.loss * newer.coalesced as f64) / n as f64,
+        loss: (older.loss * older.coalesced as f64 + newer.loss * newer.coalesced as f64)
+            / n as f64,
         coalesced: n,
         ..newer
     }

@@ -1,0 +1,214 @@
+//! Generation comparison: per (method, generation) numbers, accuracy against cumulative
+//! wall time, and which method first reached the conventional method's best.
+
+use std::collections::BTreeMap;
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Axis, Block, Chart, LegendPosition, Paragraph, Row, Table};
+use ratatui::Frame;
+use selfdistill::train::events::Method;
+
+use super::curves::{acc_bounds, datasets, Series};
+use super::fmt_duration;
+use crate::tui::state::{AppState, RunView};
+
+pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
+    let Some(run) = state.shown() else {
+        frame.render_widget(
+            Paragraph::new("\n  No run yet: the comparison fills in as generations finish."),
+            area,
+        );
+        return;
+    };
+    let rows = run.summary.comparison();
+    let table_h = (rows.len() as u16 + 3).clamp(4, area.height / 2);
+    let [table, reached, chart] = Layout::vertical([
+        Constraint::Length(table_h),
+        Constraint::Length(2),
+        Constraint::Min(6),
+    ])
+    .areas(area);
+    render_table(frame, table, state, run);
+    render_reached(frame, reached, state, run);
+    render_chart(frame, chart, state, run);
+}
+
+fn render_table(frame: &mut Frame, area: Rect, state: &AppState, run: &RunView) {
+    let t = &state.theme;
+    let rows = run.summary.comparison();
+    let multi_seed = rows.iter().any(|r| r.seeds > 1);
+    let header = Row::new([
+        "method",
+        "gen",
+        "best val",
+        "test",
+        "epochs",
+        "wall",
+        "cumulative",
+        "repl.",
+    ])
+    .style(t.title());
+    let body: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            let best = if multi_seed {
+                format!(
+                    "{:.2}±{:.2}%",
+                    100.0 * r.best_val_acc,
+                    100.0 * r.best_val_std
+                )
+            } else {
+                format!("{:.2}%", 100.0 * r.best_val_acc)
+            };
+            Row::new(vec![
+                Span::styled(r.method.name(), t.method(r.method)),
+                Span::raw(r.generation.to_string()),
+                Span::raw(best),
+                Span::raw(format!("{:.2}%", 100.0 * r.test_acc)),
+                Span::raw(format!("{:.1}", r.epochs)),
+                Span::raw(format!("{:.1}s", r.wall_s)),
+                Span::raw(format!("{:.1}s", r.cumulative_s)),
+                Span::raw(format!("{:.1}", r.teacher_replacements)),
+            ])
+        })
+        .collect();
+    let title = if rows.is_empty() {
+        " Generations (none finished yet) ".to_string()
+    } else {
+        " Generations (test = at best validation) ".to_string()
+    };
+    let widths = [
+        Constraint::Length(13),
+        Constraint::Length(4),
+        Constraint::Length(if multi_seed { 14 } else { 9 }),
+        Constraint::Length(8),
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(11),
+        Constraint::Length(6),
+    ];
+    let table = Table::new(body, widths)
+        .header(header)
+        .block(Block::bordered().title(title).border_style(t.dim()));
+    frame.render_widget(table, area);
+}
+
+/// The answer to the question the tool is about, in words.
+pub fn reached_text(run: &RunView) -> String {
+    let Some(target) = run.summary.conventional_best() else {
+        return "First to reach conventional's best: waiting for a conventional generation to finish.".into();
+    };
+    let reached = run.summary.first_to_reach(target);
+    if reached.is_empty() {
+        return format!(
+            "Conventional's best: {:.2}%; no method has reached it yet.",
+            100.0 * target
+        );
+    }
+    let list: Vec<String> = reached
+        .iter()
+        .map(|r| {
+            format!(
+                "{} g{} at {}",
+                r.method,
+                r.generation,
+                fmt_duration(r.cumulative_s)
+            )
+        })
+        .collect();
+    format!(
+        "First to reach conventional's best ({:.2}%): {}",
+        100.0 * target,
+        list.join(", then ")
+    )
+}
+
+fn render_reached(frame: &mut Frame, area: Rect, state: &AppState, run: &RunView) {
+    let text = reached_text(run);
+    let style = if run.summary.conventional_best().is_some() {
+        state.theme.good()
+    } else {
+        state.theme.dim()
+    };
+    frame.render_widget(
+        Paragraph::new(Line::styled(format!(" {text}"), style))
+            .wrap(ratatui::widgets::Wrap { trim: true }),
+        area,
+    );
+}
+
+fn render_chart(frame: &mut Frame, area: Rect, state: &AppState, run: &RunView) {
+    let t = &state.theme;
+    let first_seed = run.summary.evals.first().map(|e| e.key.seed);
+    let mut per_method: BTreeMap<Method, Vec<(f64, f64)>> = BTreeMap::new();
+    for e in run
+        .summary
+        .evals
+        .iter()
+        .filter(|e| Some(e.key.seed) == first_seed)
+    {
+        per_method
+            .entry(e.key.method)
+            .or_default()
+            .push((e.cumulative_s, e.val_acc));
+    }
+    let x_max = per_method
+        .values()
+        .flatten()
+        .map(|p| p.0)
+        .fold(1.0_f64, f64::max);
+    let mut values: Vec<f64> = per_method.values().flatten().map(|p| p.1).collect();
+    let mut series: Vec<Series> = per_method
+        .iter()
+        .map(|(m, pts)| Series {
+            name: Some(m.name().to_string()),
+            style: t.method(*m),
+            marker: t.method_marker(*m),
+            kind: ratatui::widgets::GraphType::Line,
+            points: pts.clone(),
+        })
+        .collect();
+    if let Some(best) = run.summary.conventional_best() {
+        values.push(best);
+        series.push(Series {
+            name: Some("conv. best".into()),
+            style: t.teacher(),
+            marker: Marker::Dot,
+            kind: ratatui::widgets::GraphType::Line,
+            points: vec![(0.0, best), (x_max, best)],
+        });
+    }
+    let (lo, hi) = acc_bounds(values.iter());
+    let pct = |v: f64| format!("{:.0}%", 100.0 * v);
+    let chart = Chart::new(datasets(&series))
+        .block(
+            Block::bordered()
+                .title(" Validation accuracy vs cumulative wall time ")
+                .border_style(t.dim()),
+        )
+        .x_axis(
+            Axis::default()
+                .bounds([0.0, x_max])
+                .labels(vec![
+                    Span::raw("0s"),
+                    Span::raw(fmt_duration(x_max / 2.0)),
+                    Span::raw(fmt_duration(x_max)),
+                ])
+                .style(t.dim()),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([lo, hi])
+                .labels(vec![
+                    Span::raw(pct(lo)),
+                    Span::raw(pct((lo + hi) / 2.0)),
+                    Span::raw(pct(hi)),
+                ])
+                .style(t.dim()),
+        )
+        .legend_position(Some(LegendPosition::BottomRight))
+        .hidden_legend_constraints((Constraint::Percentage(70), Constraint::Percentage(80)));
+    frame.render_widget(chart, area);
+}
