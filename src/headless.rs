@@ -124,6 +124,14 @@ impl HeadlessPrinter {
                     if g.stopped { " · stopped early" } else { "" }
                 ));
             }
+            TrainEvent::Diverged { key, step, loss } => {
+                out.push(format!(
+                    "[{key}] DIVERGED at step {step} (loss {loss}); its remaining generations are skipped, other methods go on"
+                ));
+            }
+            TrainEvent::Resumed { key, step } => {
+                out.push(format!("[{key}] resumed after step {step}"));
+            }
             TrainEvent::Log { message } => out.push(format!("note: {message}")),
             TrainEvent::Error { message } => out.push(format!("error: {message}")),
             TrainEvent::Finished { status, wall_s } => {
@@ -144,7 +152,20 @@ pub fn print_run(
     events: &crossbeam_channel::Receiver<TrainEvent>,
     out: &mut impl Write,
 ) -> std::io::Result<RunStatus> {
-    let mut printer = HeadlessPrinter::default();
+    print_run_after(events, out, RunSummary::default())
+}
+
+/// Like [`print_run`] for a resumed run: `past` is what earlier processes recorded,
+/// so the final table covers the whole run.
+pub fn print_run_after(
+    events: &crossbeam_channel::Receiver<TrainEvent>,
+    out: &mut impl Write,
+    past: RunSummary,
+) -> std::io::Result<RunStatus> {
+    let mut printer = HeadlessPrinter {
+        summary: past,
+        ..Default::default()
+    };
     let mut status = RunStatus::Failed;
     for ev in events.iter() {
         for line in printer.feed(&ev) {

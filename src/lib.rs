@@ -10,5 +10,6 @@ pub mod distill;
 pub mod headless;
 pub mod model;
 pub mod preset;
+pub mod report;
 pub mod store;
 pub mod train;

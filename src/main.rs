@@ -12,10 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use selfdistill::data::{self, DataOptions, DatasetKind};
 use selfdistill::preset::{self, PresetOrigin};
+use selfdistill::report;
 use selfdistill::store;
 use selfdistill::train::backend::BackendKind;
 use selfdistill::train::events::{Control, RunStatus};
-use selfdistill::train::{prepare, RunOptions};
+use selfdistill::train::{prepare, prepare_resume, PreparedRun, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +80,62 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Export a run as CSV, JSON, or SVG/PNG charts.
+    Export(ExportArgs),
+    /// Continue a stopped, failed or killed run from its last checkpoint.
+    Resume(ResumeArgs),
+}
+
+#[derive(clap::Args)]
+struct ResumeArgs {
+    /// Run folder, or a run id in the runs directory (see `selfdistill runs`).
+    run: String,
+    /// Print progress lines instead of opening the dashboard.
+    #[arg(long)]
+    headless: bool,
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// Folder with the dataset files (overrides the run's data.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Where run ids are looked up (default: $SELFDISTILL_RUNS_DIR or the user data dir).
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Run folder, or a run id (or unique prefix, or `latest`) in the runs directory.
+    run: String,
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    /// csv/json: the output file (csv also writes <stem>-generations.csv beside it);
+    /// svg/png: a folder for accuracy, loss and generations charts.
+    /// Default: <run id>.csv, <run id>.json or <run id>-charts/ here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where run ids are looked up (default: $SELFDISTILL_RUNS_DIR or the user data dir).
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Json,
+    Svg,
+    Png,
+}
+
+impl From<ExportFormat> for report::Format {
+    fn from(f: ExportFormat) -> Self {
+        match f {
+            ExportFormat::Csv => report::Format::Csv,
+            ExportFormat::Json => report::Format::Json,
+            ExportFormat::Svg => report::Format::Svg,
+            ExportFormat::Png => report::Format::Png,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -116,6 +173,15 @@ enum DataCommand {
         #[arg(long, default_value_t = 0)]
         split_seed: u64,
     },
+    /// Download mnist, fashion-mnist, cifar10 or cifar100 from the official sources,
+    /// verified by checksum (resumes interrupted downloads).
+    Download {
+        /// mnist, fashion-mnist, cifar10, cifar100
+        dataset: String,
+        /// Files go to <DATA_DIR>/<dataset> (default: the user folder the loaders search).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -149,6 +215,11 @@ fn main() -> ExitCode {
                     split_seed,
                 },
         }) => inspect(&dataset, data_dir, val_fraction, split_seed),
+        Some(Command::Data {
+            command: DataCommand::Download { dataset, data_dir },
+        }) => download(&dataset, data_dir),
+        Some(Command::Export(args)) => export(args),
+        Some(Command::Resume(args)) => resume(args, &cli.ui),
     };
     match result {
         Ok(code) => code,
@@ -195,7 +266,38 @@ fn run(args: RunArgs, ui: &UiArgs) -> Result<ExitCode> {
         let prepared = prepare(preset, &opts)?;
         return tui::open_run(ui.options(opts), prepared);
     }
-    let prepared = prepare(preset, &opts)?;
+    run_headless(prepare(preset, &opts)?)
+}
+
+fn resume(args: ResumeArgs, ui: &UiArgs) -> Result<ExitCode> {
+    let runs_dir = args.runs_dir.unwrap_or_else(store::default_runs_dir);
+    let dir = store::find_run(&runs_dir, &args.run)?;
+    let opts = RunOptions {
+        backend: args.backend.map(Into::into),
+        seed: None,
+        data_dir: args.data_dir,
+        runs_dir: Some(runs_dir),
+        record: true,
+    };
+    if !args.headless && !std::io::stdout().is_terminal() {
+        eprintln!("selfdistill: stdout is not a terminal; add --headless to print progress lines instead of the dashboard.");
+        return Ok(ExitCode::from(2));
+    }
+    let prepared = prepare_resume(&dir, &opts)?;
+    if args.headless {
+        run_headless(prepared)
+    } else {
+        tui::open_run(ui.options(opts), prepared)
+    }
+}
+
+/// Trains with progress lines on stdout; the first Ctrl-C stops gracefully.
+fn run_headless(prepared: PreparedRun) -> Result<ExitCode> {
+    let past = prepared
+        .writer
+        .as_ref()
+        .map(|w| w.summary().clone())
+        .unwrap_or_default();
     let handle = prepared.spawn();
     // First Ctrl-C stops gracefully (checkpoints and summary written), a second one exits.
     let controls = handle.controls.clone();
@@ -209,7 +311,7 @@ fn run(args: RunArgs, ui: &UiArgs) -> Result<ExitCode> {
         let _ = controls.send(Control::Stop);
     });
     let stdout = std::io::stdout();
-    let status = selfdistill::headless::print_run(&handle.events, &mut stdout.lock())?;
+    let status = selfdistill::headless::print_run_after(&handle.events, &mut stdout.lock(), past)?;
     let _ = handle.thread.join();
     Ok(match status {
         RunStatus::Finished | RunStatus::Stopped => ExitCode::SUCCESS,
@@ -337,6 +439,64 @@ fn inspect(
             "{c:>4} {name:<16} {:>8} {:>8} {:>8}",
             train[c], val[c], test[c]
         )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn download(dataset: &str, data_dir: Option<PathBuf>) -> Result<ExitCode> {
+    use selfdistill::data::download::{self, BarProgress, FileStatus, Source};
+    let kind = DatasetKind::parse(dataset).with_context(|| {
+        let names: Vec<&str> = DatasetKind::ALL
+            .iter()
+            .filter(|k| k.needs_files())
+            .map(|k| k.name())
+            .collect();
+        format!(
+            "unknown dataset {dataset:?}; choose one of {}",
+            names.join(", ")
+        )
+    })?;
+    let source = Source::official(kind)
+        .with_context(|| format!("{kind} is built in; there is nothing to download"))?;
+    let dir = match data_dir {
+        Some(d) => d.join(kind.name()),
+        None => download::default_target_dir(kind).context(
+            "no folder to download to: neither XDG_DATA_HOME nor HOME is set; pass --data-dir",
+        )?,
+    };
+    eprintln!("{kind}: downloading into {}", dir.display());
+    let report = download::download_dataset(&source, &dir, &BarProgress::new())?;
+    let mut out = std::io::stdout().lock();
+    for f in &report.files {
+        let how = match f.status {
+            FileStatus::Downloaded => "downloaded",
+            FileStatus::AlreadyPresent => "already present",
+        };
+        writeln!(out, "{}  {} bytes  {how}", f.name, f.bytes)?;
+        writeln!(out, "  md5    {}", f.md5)?;
+        writeln!(out, "  sha256 {}", f.sha256)?;
+    }
+    writeln!(out, "checksums: {}", report.checksums_file.display())?;
+    writeln!(
+        out,
+        "{kind} loads from {}: train {} · test {}",
+        report.source, report.train_len, report.test_len
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(args: ExportArgs) -> Result<ExitCode> {
+    let runs_dir = args.runs_dir.unwrap_or_else(store::default_runs_dir);
+    let dir = report::resolve_run(&args.run, &runs_dir)?;
+    let run = report::RunData::load(&dir)?;
+    let format = report::Format::from(args.format);
+    let out = args
+        .out
+        .unwrap_or_else(|| report::default_out(&run, format));
+    let written = report::export(&run, format, &out)?;
+    let mut stdout = std::io::stdout().lock();
+    for path in written {
+        writeln!(stdout, "{}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }

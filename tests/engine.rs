@@ -54,6 +54,8 @@ fn run_events(preset: &Preset, data: PreparedData) -> Vec<TrainEvent> {
         preset: preset.clone(),
         data: Arc::new(data),
         writer: None,
+        resume: None,
+        faults: Default::default(),
     };
     let status = run.run(tx, control_rx);
     let events: Vec<TrainEvent> = rx.try_iter().collect();
@@ -579,4 +581,52 @@ fn quick_preset_ends_well_above_chance_for_every_method() {
     for m in Method::ALL {
         assert!(gens.iter().any(|g| g.key.method == m), "{m} missing");
     }
+}
+
+#[test]
+fn a_diverging_method_is_marked_and_the_other_methods_go_on() {
+    // The loss of run step 5 reads as NaN (as a real blow-up would).
+    let preset = tiny(r#""conventional", "self""#, 2, "");
+    let data = PreparedData::new(load_data(&preset).unwrap(), &preset);
+    let (tx, rx) = event_channel_with_capacity(usize::MAX);
+    let (_controls, control_rx) = crossbeam_channel::unbounded();
+    let run = PreparedRun {
+        preset: preset.clone(),
+        data: Arc::new(data),
+        writer: None,
+        resume: None,
+        faults: selfdistill::train::Faults {
+            nan_at_step: Some(5),
+            ..Default::default()
+        },
+    };
+    assert_eq!(run.run(tx, control_rx), RunStatus::Finished);
+    let events: Vec<TrainEvent> = rx.try_iter().collect();
+    let diverged: Vec<(JobKey, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Diverged { key, step, loss } => {
+                assert!(loss.is_nan());
+                Some((*key, *step))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(diverged, vec![(key(Method::Conventional, 1), 5)]);
+    // Its later generation is skipped; the other method runs all its generations.
+    let gens: Vec<JobKey> = finished(&events).iter().map(|g| g.key).collect();
+    assert_eq!(
+        gens,
+        vec![key(Method::SelfDistill, 1), key(Method::SelfDistill, 2)]
+    );
+    let summary = selfdistill::train::summary::RunSummary::from_events(&events);
+    assert_eq!(summary.diverged, diverged);
+    assert_eq!(summary.status, Some(RunStatus::Finished));
+    // The headless output says so.
+    let mut printer = selfdistill::headless::HeadlessPrinter::default();
+    let text: Vec<String> = events.iter().flat_map(|e| printer.feed(e)).collect();
+    assert!(
+        text.iter().any(|l| l.contains("DIVERGED at step 5")),
+        "{text:?}"
+    );
 }

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod cifar;
 pub mod digits;
+pub mod download;
 pub mod idx;
 pub mod split;
 pub mod synthetic;

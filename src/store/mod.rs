@@ -7,17 +7,19 @@
 //! - `summary.json`: the run summary, rewritten atomically (write, then rename);
 //! - `checkpoints/s<seed>-<method>-g<gen>-{best,final}.mpk`: Burn records.
 
+pub mod resume;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
 
 use crate::model::Net;
 use crate::preset::Preset;
-use crate::train::events::{JobKey, TrainEvent};
+use crate::train::events::{EvalMetrics, JobKey, RunStatus, TrainEvent};
 use crate::train::summary::RunSummary;
 
 pub const EVENTS_FILE: &str = "events.jsonl";
@@ -42,7 +44,44 @@ pub struct RunWriter {
     run_id: String,
     events: BufWriter<File>,
     metrics: csv::Writer<File>,
+    /// Every evaluation so far, to rewrite `metrics.csv` when a resume supersedes rows.
+    evals: Vec<EvalMetrics>,
     summary: RunSummary,
+    resume_seq: u64,
+    /// Held for the writer's lifetime: one process writes a run at a time. The OS
+    /// releases it when the process dies, even by kill -9.
+    _lock: File,
+}
+
+pub const LOCK_FILE: &str = "run.lock";
+
+/// Takes the run folder's writer lock, or says who holds it.
+fn lock_run(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "run {} is being written by another selfdistill process; wait for it or stop it first",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Whether a process is writing the run now (its lock is held).
+pub fn is_live(dir: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().write(true).open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 impl RunWriter {
@@ -80,6 +119,7 @@ impl RunWriter {
             })?;
         // Keep the folder inside the runs directory whatever the preset name says.
         debug_assert!(dir.starts_with(runs_dir));
+        let lock = lock_run(&dir)?;
         fs::create_dir(dir.join(CHECKPOINT_DIR))?;
         write_atomic(&dir.join(PRESET_FILE), preset.to_toml().as_bytes())?;
         let open = |name: &str| -> Result<File> {
@@ -98,8 +138,101 @@ impl RunWriter {
             run_id,
             events,
             metrics,
+            evals: Vec::new(),
             summary: RunSummary::default(),
+            resume_seq: 0,
+            _lock: lock,
         })
+    }
+
+    /// Reopens an existing run folder to append to it (resume).
+    pub fn reopen(dir: &Path) -> Result<RunWriter> {
+        let lock = lock_run(dir)?;
+        let past = read_events(dir)?;
+        let summary = RunSummary::from_events(past.iter().filter(|e| e.is_essential()));
+        let mut evals = Vec::new();
+        for ev in &past {
+            apply_to_evals(&mut evals, ev);
+        }
+        let run_id = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let events_path = dir.join(EVENTS_FILE);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&events_path)
+            .with_context(|| format!("cannot append to {}", events_path.display()))?;
+        // A process killed mid-line left a torn last line: end it so the next event
+        // starts on a line of its own (readers skip the torn one).
+        let text = fs::read(&events_path)?;
+        if text.last().is_some_and(|b| *b != b'\n') {
+            file.write_all(b"\n")?;
+        }
+        let metrics_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(METRICS_FILE))?;
+        let mut writer = RunWriter {
+            dir: dir.to_path_buf(),
+            run_id,
+            events: BufWriter::new(file),
+            metrics: csv::Writer::from_writer(metrics_file),
+            evals,
+            summary,
+            resume_seq: resume::next_seq(dir),
+            _lock: lock,
+        };
+        writer.rewrite_metrics()?;
+        Ok(writer)
+    }
+
+    /// Rewrites `metrics.csv` from the evaluations in memory (write, then rename).
+    fn rewrite_metrics(&mut self) -> Result<()> {
+        let tmp = self.dir.join("metrics.csv.tmp");
+        let mut w = csv::Writer::from_writer(File::create(&tmp)?);
+        w.write_record(METRIC_COLUMNS)?;
+        for e in &self.evals {
+            w.write_record(metric_row(e))?;
+        }
+        w.flush()?;
+        drop(w);
+        fs::rename(&tmp, self.dir.join(METRICS_FILE))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(self.dir.join(METRICS_FILE))?;
+        self.metrics = csv::Writer::from_writer(file);
+        Ok(())
+    }
+
+    /// Creates the folder for the next resume point.
+    pub fn begin_resume_point(&mut self) -> Result<PathBuf> {
+        let dir = resume::begin(&self.dir, self.resume_seq)?;
+        self.resume_seq += 1;
+        Ok(dir)
+    }
+
+    pub fn commit_resume_point(&self, dir: &Path, state: &resume::ResumeState) -> Result<()> {
+        resume::commit(&self.dir, dir, state)
+    }
+
+    /// Makes sure summary.json carries the final status even when the event log
+    /// could not take the last events.
+    pub fn write_summary_status(&mut self, status: RunStatus) -> Result<()> {
+        if self.summary.status != Some(status) {
+            self.summary.status = Some(status);
+            write_atomic(
+                &self.dir.join(SUMMARY_FILE),
+                &serde_json::to_vec_pretty(&self.summary)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The summary of everything recorded so far (past processes included).
+    pub fn summary(&self) -> &RunSummary {
+        &self.summary
     }
 
     pub fn dir(&self) -> &Path {
@@ -120,28 +253,13 @@ impl RunWriter {
         }
         self.events.flush()?;
         self.summary.apply(ev);
+        apply_to_evals(&mut self.evals, ev);
         match ev {
             TrainEvent::Eval(e) => {
-                self.metrics.write_record(&[
-                    e.key.seed.to_string(),
-                    e.key.method.name().to_string(),
-                    e.key.generation.to_string(),
-                    e.step.to_string(),
-                    format!("{:.4}", e.epoch),
-                    format!("{:.6}", e.train_loss),
-                    format!("{:.6}", e.train_acc),
-                    format!("{:.6}", e.val_loss),
-                    format!("{:.6}", e.val_acc),
-                    format!("{:.6}", e.test_loss),
-                    format!("{:.6}", e.test_acc),
-                    format!("{:.6}", e.best_val_acc),
-                    format!("{:.6}", e.lr),
-                    format!("{}", e.temperature),
-                    format!("{}", e.alpha),
-                    format!("{:.3}", e.elapsed_s),
-                ])?;
+                self.metrics.write_record(metric_row(e))?;
                 self.metrics.flush()?;
             }
+            TrainEvent::Resumed { .. } => self.rewrite_metrics()?,
             TrainEvent::Plan(_)
             | TrainEvent::GenerationFinished(_)
             | TrainEvent::Finished { .. }
@@ -169,6 +287,65 @@ impl RunWriter {
             .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// Keeps the evaluation list in step with the log, honouring resumes.
+fn apply_to_evals(evals: &mut Vec<EvalMetrics>, ev: &TrainEvent) {
+    match ev {
+        TrainEvent::Eval(e) => evals.push(e.clone()),
+        TrainEvent::Resumed { key, step } => evals.retain(|e| e.key != *key || e.step <= *step),
+        _ => {}
+    }
+}
+
+fn metric_row(e: &EvalMetrics) -> [String; 16] {
+    [
+        e.key.seed.to_string(),
+        e.key.method.name().to_string(),
+        e.key.generation.to_string(),
+        e.step.to_string(),
+        format!("{:.4}", e.epoch),
+        format!("{:.6}", e.train_loss),
+        format!("{:.6}", e.train_acc),
+        format!("{:.6}", e.val_loss),
+        format!("{:.6}", e.val_acc),
+        format!("{:.6}", e.test_loss),
+        format!("{:.6}", e.test_acc),
+        format!("{:.6}", e.best_val_acc),
+        format!("{:.6}", e.lr),
+        format!("{}", e.temperature),
+        format!("{}", e.alpha),
+        format!("{:.3}", e.elapsed_s),
+    ]
+}
+
+/// Saves any Burn record (network, optimiser state) as named MessagePack, full precision.
+pub fn save_record<B: Backend, R: Record<B>>(path: &Path, record: R) -> Result<()> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .record(record, path.with_extension(""))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn load_record<B: Backend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(path.with_extension(""), device)
+        .with_context(|| format!("cannot load {}", path.display()))
+}
+
+/// Finds a run by folder path or by id under `runs_dir`.
+pub fn find_run(runs_dir: &Path, run: &str) -> Result<PathBuf> {
+    let as_path = Path::new(run);
+    if as_path.join(EVENTS_FILE).is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    let by_id = runs_dir.join(run);
+    if !run.contains('/') && by_id.join(EVENTS_FILE).is_file() {
+        return Ok(by_id);
+    }
+    anyhow::bail!(
+        "no run {run:?}: not a run folder, and no run with that id in {} (see `selfdistill runs`)",
+        runs_dir.display()
+    )
 }
 
 pub const METRIC_COLUMNS: [&str; 16] = [

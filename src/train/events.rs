@@ -235,6 +235,19 @@ pub enum TrainEvent {
         control: Control,
     },
     GenerationFinished(GenerationSummary),
+    /// The loss became NaN or infinite: this method's remaining generations are
+    /// skipped, the other methods go on.
+    Diverged {
+        key: JobKey,
+        step: u64,
+        loss: f64,
+    },
+    /// The run continues from a resume point: events of `key` after `step` that an
+    /// interrupted process logged are superseded by what follows.
+    Resumed {
+        key: JobKey,
+        step: u64,
+    },
     /// Informational message (checkpoint written, data loaded, ...).
     Log {
         message: String,

@@ -7,4 +7,7 @@ pub mod schedule;
 pub mod summary;
 mod trainer;
 
-pub use trainer::{load_data, prepare, PreparedData, PreparedRun, RunHandle, RunOptions};
+pub use trainer::{
+    load_data, prepare, prepare_resume, Faults, PreparedData, PreparedRun, RunHandle, RunOptions,
+    FAULT_NAN_ENV, FAULT_PANIC_ENV,
+};

@@ -17,6 +17,9 @@ pub struct EvalPoint {
     pub cumulative_s: f64,
     pub val_acc: f64,
     pub test_acc: f64,
+    /// This evaluation replaced the teacher (self-distillation).
+    #[serde(default)]
+    pub replaced: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +31,9 @@ pub struct RunSummary {
     pub evals: Vec<EvalPoint>,
     pub teacher_replacements: usize,
     pub error: Option<String>,
+    /// Jobs whose loss diverged, with the step.
+    #[serde(default)]
+    pub diverged: Vec<(JobKey, u64)>,
 }
 
 /// One row of the per-generation comparison, averaged over seeds.
@@ -70,9 +76,30 @@ impl RunSummary {
                     cumulative_s: before + e.elapsed_s,
                     val_acc: e.val_acc,
                     test_acc: e.test_acc,
+                    replaced: false,
                 });
             }
-            TrainEvent::TeacherReplaced { .. } => self.teacher_replacements += 1,
+            TrainEvent::TeacherReplaced { key, step, .. } => {
+                if let Some(p) = self
+                    .evals
+                    .iter_mut()
+                    .rev()
+                    .find(|p| p.key == *key && p.step == *step)
+                {
+                    p.replaced = true;
+                }
+                self.teacher_replacements += 1;
+            }
+            TrainEvent::Diverged { key, step, .. } => self.diverged.push((*key, *step)),
+            TrainEvent::Resumed { key, step } => {
+                // What an interrupted process logged past the resume point is redone.
+                self.evals.retain(|p| p.key != *key || p.step <= *step);
+                self.generations.retain(|g| g.key != *key);
+                self.diverged.retain(|(k, _)| k != key);
+                self.teacher_replacements = self.evals.iter().filter(|p| p.replaced).count();
+                self.status = Some(RunStatus::Running);
+                self.error = None;
+            }
             TrainEvent::GenerationFinished(g) => {
                 self.generations.retain(|x| x.key != g.key);
                 self.generations.push(g.clone());

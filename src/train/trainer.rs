@@ -1,7 +1,7 @@
 //! The trainer: runs seeds x methods x generations on one thread, emitting events,
 //! recording the run folder and obeying controls between steps.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -28,7 +28,10 @@ use crate::data::{self, Augment, DataOptions, LoadedData, Normalizer, Split, Syn
 use crate::distill::{correct_count, cross_entropy, kd_loss};
 use crate::model::{ModelSpec, Net};
 use crate::preset::{limits, Cifar100Labels, Preset, TeacherChoice};
-use crate::store::RunWriter;
+use crate::store::resume::{
+    self as resume_store, files, BestMeta, MidJobMeta, PreviousMeta, ResumePoint, ResumeState,
+};
+use crate::store::{self, RunWriter};
 
 /// Command-line overrides of a preset.
 #[derive(Debug, Clone, Default)]
@@ -118,6 +121,9 @@ pub struct PreparedRun {
     pub preset: Preset,
     pub data: Arc<PreparedData>,
     pub writer: Option<RunWriter>,
+    /// Where to continue from (`selfdistill resume`); None starts at the beginning.
+    pub resume: Option<(PathBuf, ResumeState)>,
+    pub faults: Faults,
 }
 
 /// Applies overrides, checks the backend, loads the data and creates the run folder,
@@ -148,7 +154,33 @@ pub fn prepare(mut preset: Preset, opts: &RunOptions) -> Result<PreparedRun> {
         preset,
         data,
         writer,
+        resume: None,
+        faults: Faults::from_env(),
     })
+}
+
+/// Prepares to continue a stopped, failed or killed run in its own folder, from its
+/// last resume point (or from the beginning when it never reached one).
+pub fn prepare_resume(run_dir: &Path, opts: &RunOptions) -> Result<PreparedRun> {
+    let preset = crate::preset::load_file(&run_dir.join(store::PRESET_FILE))?;
+    let writer = RunWriter::reopen(run_dir)?;
+    if writer.summary().status == Some(RunStatus::Finished) {
+        anyhow::bail!(
+            "run {} already finished; nothing to resume",
+            run_dir.display()
+        );
+    }
+    let resume = resume_store::load(run_dir)?;
+    let mut prepared = prepare(
+        preset,
+        &RunOptions {
+            record: false,
+            ..opts.clone()
+        },
+    )?;
+    prepared.writer = Some(writer);
+    prepared.resume = resume;
+    Ok(prepared)
 }
 
 /// The UI's handle on a running trainer.
@@ -183,6 +215,8 @@ impl PreparedRun {
             preset,
             data,
             writer,
+            resume,
+            faults,
         } = self;
         let sink = Arc::new(Mutex::new(Sink {
             tx: tx.clone(),
@@ -199,8 +233,9 @@ impl PreparedRun {
                         &data,
                         sink.clone(),
                         controls,
+                        faults,
                     )
-                    .run_all()
+                    .run_all(resume.clone())
                 }
                 #[cfg(feature = "cuda")]
                 BackendKind::Cuda => {
@@ -211,8 +246,9 @@ impl PreparedRun {
                         &data,
                         sink.clone(),
                         controls,
+                        faults,
                     )
-                    .run_all()
+                    .run_all(resume.clone())
                 }
                 #[cfg(not(feature = "cuda"))]
                 BackendKind::Cuda => Err(super::backend::BackendError::NotCompiled.into()),
@@ -233,6 +269,11 @@ impl PreparedRun {
             status,
             wall_s: started.elapsed().as_secs_f64(),
         });
+        // If the event log itself could not be written (disk full), still leave the
+        // final status in summary.json; what was recorded before stays as it was.
+        if let Some(store) = &mut sink.store {
+            let _ = store.write_summary_status(status);
+        }
         status
     }
 }
@@ -244,12 +285,15 @@ struct Sink {
 }
 
 impl Sink {
+    /// Records, then delivers; the consumer gets the event even when recording failed
+    /// (so a full disk is reported, not silent), and the failure is returned.
     fn emit(&mut self, ev: TrainEvent) -> Result<()> {
-        if let Some(store) = &mut self.store {
-            store.record(&ev).context("writing the run folder")?;
-        }
+        let recorded = match &mut self.store {
+            Some(store) => store.record(&ev).context("writing the run folder"),
+            None => Ok(()),
+        };
         self.tx.send(ev);
-        Ok(())
+        recorded
     }
 
     fn record_only(&mut self, ev: &TrainEvent) -> Result<()> {
@@ -301,7 +345,15 @@ struct GenerationOutcome<B: Backend> {
     best_net: Teacher<B>,
     /// Self-distillation: the teacher held at the end (best network so far).
     teacher: Option<Teacher<B>>,
-    stopped: bool,
+}
+
+/// How a generation ended.
+enum JobResult<B: Backend> {
+    Done(Box<GenerationOutcome<B>>),
+    /// A stop control ended it (checkpoints and summary written).
+    Stopped,
+    /// The loss became NaN or infinite.
+    Diverged,
 }
 
 enum Flow {
@@ -325,9 +377,38 @@ struct Trainer<'a, B: AutodiffBackend> {
     controls: Receiver<Control>,
     knobs: Knobs,
     run_step: u64,
+    /// Index of the running job in the plan (for resume points).
+    job_index: usize,
     pending_step: Option<StepMetrics>,
     batch: Vec<f32>,
     labels: Vec<i64>,
+    faults: Faults,
+}
+
+/// Environment variable that makes the trainer panic at a given run step (fault tests).
+pub const FAULT_PANIC_ENV: &str = "SELFDISTILL_FAULT_PANIC_AT_STEP";
+/// Environment variable that makes the loss read as NaN at a given run step.
+pub const FAULT_NAN_ENV: &str = "SELFDISTILL_FAULT_NAN_AT_STEP";
+
+/// Faults injected on purpose, to test what users would otherwise meet only by bad
+/// luck (a crash, a diverging loss). Off unless set.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// Panic before this run step.
+    pub panic_at_step: Option<u64>,
+    /// Treat the loss of this run step as NaN.
+    pub nan_at_step: Option<u64>,
+}
+
+impl Faults {
+    /// Reads the `SELFDISTILL_FAULT_*` environment variables.
+    pub fn from_env() -> Faults {
+        let step = |name| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        Faults {
+            panic_at_step: step(FAULT_PANIC_ENV),
+            nan_at_step: step(FAULT_NAN_ENV),
+        }
+    }
 }
 
 impl<'a, B: AutodiffBackend> Trainer<'a, B> {
@@ -337,6 +418,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         data: &'a PreparedData,
         sink: Arc<Mutex<Sink>>,
         controls: Receiver<Control>,
+        faults: Faults,
     ) -> Self {
         Trainer {
             device,
@@ -351,9 +433,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 paused: false,
             },
             run_step: 0,
+            job_index: 0,
             pending_step: None,
             batch: Vec::new(),
             labels: Vec::new(),
+            faults,
         }
     }
 
@@ -404,38 +488,79 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         }
     }
 
-    fn run_all(mut self) -> Result<RunStatus> {
+    fn run_all(mut self, resume: Option<(PathBuf, ResumeState)>) -> Result<RunStatus> {
         let plan = self.plan();
+        let jobs = plan.jobs.clone();
         self.emit(TrainEvent::Plan(plan))?;
-        for &seed in &self.preset.run.seeds {
-            for &method in &self.preset.run.methods {
-                let mut previous: Option<GenerationOutcome<B::InnerBackend>> = None;
-                for generation in 1..=self.preset.generations_for(method) {
-                    let key = JobKey {
-                        seed,
-                        method,
-                        generation,
-                    };
-                    let (source, teacher) = match (&previous, method) {
-                        (None, _) | (_, Method::Baseline) => (TeacherSource::None, None),
-                        (Some(prev), Method::Conventional) => match self.preset.distill.teacher {
-                            TeacherChoice::Final => {
-                                (TeacherSource::PreviousFinal, Some(prev.final_net.clone()))
-                            }
-                            TeacherChoice::Best => {
-                                (TeacherSource::PreviousBest, Some(prev.best_net.clone()))
-                            }
-                        },
-                        (Some(prev), Method::SelfDistill) => {
-                            (TeacherSource::PreviousBest, prev.teacher.clone())
-                        }
-                    };
-                    let outcome = self.train_generation(key, source, teacher)?;
-                    if outcome.stopped {
-                        return Ok(RunStatus::Stopped);
-                    }
-                    previous = Some(outcome);
+        let mut previous: Option<GenerationOutcome<B::InnerBackend>> = None;
+        let mut mid_job: Option<(PathBuf, MidJobMeta)> = None;
+        let mut first = 0;
+        if let Some((dir, state)) = resume {
+            anyhow::ensure!(
+                jobs.get(state.job_index) == Some(&state.key),
+                "the resume point names job {} at position {}, which the preset's plan does not have \
+                 (was preset.toml edited?)",
+                state.key,
+                state.job_index
+            );
+            first = state.job_index;
+            self.run_step = state.run_step;
+            self.knobs.temperature = state.temperature;
+            self.knobs.alpha = state.alpha;
+            let step = match &state.point {
+                ResumePoint::MidJob(meta) => meta.step,
+                ResumePoint::JobStart { .. } => 0,
+            };
+            self.emit(TrainEvent::Resumed {
+                key: state.key,
+                step,
+            })?;
+            match state.point {
+                ResumePoint::MidJob(meta) => mid_job = Some((dir, meta)),
+                ResumePoint::JobStart {
+                    previous: Some(meta),
+                } => {
+                    previous = Some(self.load_previous(&dir, &meta)?);
                 }
+                ResumePoint::JobStart { previous: None } => {}
+            }
+        }
+        let mut diverged: Option<(u64, Method)> = None;
+        for (index, &key) in jobs.iter().enumerate().skip(first) {
+            self.job_index = index;
+            if key.generation == 1 {
+                previous = None;
+            }
+            if diverged == Some((key.seed, key.method)) {
+                continue;
+            }
+            let (source, teacher) = match (&previous, key.method) {
+                (None, _) | (_, Method::Baseline) => (TeacherSource::None, None),
+                (Some(prev), Method::Conventional) => match self.preset.distill.teacher {
+                    TeacherChoice::Final => {
+                        (TeacherSource::PreviousFinal, Some(prev.final_net.clone()))
+                    }
+                    TeacherChoice::Best => {
+                        (TeacherSource::PreviousBest, Some(prev.best_net.clone()))
+                    }
+                },
+                (Some(prev), Method::SelfDistill) => {
+                    (TeacherSource::PreviousBest, prev.teacher.clone())
+                }
+            };
+            let result = self.train_generation(key, source, teacher, mid_job.take())?;
+            previous = match result {
+                JobResult::Stopped => return Ok(RunStatus::Stopped),
+                JobResult::Diverged => {
+                    diverged = Some((key.seed, key.method));
+                    None
+                }
+                JobResult::Done(outcome) => Some(*outcome),
+            };
+            if let Some(&next) = jobs.get(index + 1) {
+                let same_method = next.seed == key.seed && next.method == key.method;
+                let handed_on = previous.as_ref().filter(|_| same_method);
+                self.save_job_start_point(index + 1, next, handed_on)?;
             }
         }
         Ok(RunStatus::Finished)
@@ -447,6 +572,18 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             &self.device,
             mix(&[key.seed, key.generation as u64, PURPOSE_INIT]),
         )
+    }
+
+    /// A network of the right shape to load a record into (the seed does not matter,
+    /// but initialisation must go through the seeding lock).
+    fn template<C: Backend>(&self, device: &C::Device) -> Net<C> {
+        self.spec.init_seeded::<C>(device, 0)
+    }
+
+    fn load_net<C: Backend>(&self, path: &Path, device: &C::Device) -> Result<Net<C>> {
+        Ok(self
+            .template::<C>(device)
+            .load_record(store::load_record::<C, _>(path, device)?))
     }
 
     fn optimizer_config(&self) -> SgdConfig {
@@ -469,10 +606,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         key: JobKey,
         source: TeacherSource,
         mut teacher: Option<Teacher<B::InnerBackend>>,
-    ) -> Result<GenerationOutcome<B::InnerBackend>> {
-        let started = Instant::now();
+        resume: Option<(PathBuf, MidJobMeta)>,
+    ) -> Result<JobResult<B::InnerBackend>> {
         let p = self.preset;
         let data = self.data;
+        let inner_device = self.device.clone();
         let mut student = self.init_student(key);
         let mut optim = self.optimizer_config().init::<B, Net<B>>();
         let steps_per_epoch = p.steps_per_epoch(data.split.train.len());
@@ -485,26 +623,76 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             milestones: p.train.milestones.clone(),
             gamma: p.train.gamma,
         };
-        // Measure the inherited teacher instead of trusting its label: the event then
-        // shows which network really teaches (and tests can check it).
-        let teacher_val_acc = teacher
-            .as_ref()
-            .map(|t| self.eval_split(&t.net, EvalSet::Val).1);
-        self.emit(TrainEvent::GenerationStarted {
-            key,
-            teacher: if teacher.is_some() {
-                source
-            } else {
-                TeacherSource::None
-            },
-            teacher_val_acc,
-        })?;
-
-        let is_self = key.method == Method::SelfDistill;
         let mut state = GenState::new();
         let mut step: u64 = 0;
+        let mut started = Instant::now();
+        let mut source = if teacher.is_some() {
+            source
+        } else {
+            TeacherSource::None
+        };
+        let mut aug_resume: Option<(usize, u128)> = None;
+        match &resume {
+            None => {
+                // Measure the inherited teacher instead of trusting its label: the event
+                // then shows which network really teaches (and tests can check it).
+                let teacher_val_acc = teacher
+                    .as_ref()
+                    .map(|t| self.eval_split(&t.net, EvalSet::Val).1);
+                self.emit(TrainEvent::GenerationStarted {
+                    key,
+                    teacher: source,
+                    teacher_val_acc,
+                })?;
+            }
+            Some((dir, meta)) => {
+                student = self.load_net::<B>(&dir.join(files::STUDENT), &self.device)?;
+                optim = optim.load_record(store::load_record::<B, _>(
+                    &dir.join(files::OPTIMIZER),
+                    &self.device,
+                )?);
+                teacher = match meta.teacher_acc {
+                    Some(val_acc) => Some(Teacher {
+                        net: self.load_net(&dir.join(files::TEACHER), &inner_device)?,
+                        val_acc,
+                    }),
+                    None => None,
+                };
+                state.best = match &meta.best {
+                    Some(b) => Some(BestSnapshot {
+                        net: self.load_net(&dir.join(files::BEST), &inner_device)?,
+                        val_acc: b.val_acc,
+                        step: b.step,
+                        test_acc: b.test_acc,
+                    }),
+                    None => None,
+                };
+                state.replacements = meta.replacements;
+                state.last_eval_step = Some(meta.step);
+                state.last_val_acc = meta.last_val_acc;
+                state.last_test_acc = meta.last_test_acc;
+                step = meta.step;
+                source = meta.source;
+                started = Instant::now()
+                    .checked_sub(std::time::Duration::from_secs_f64(meta.elapsed_s))
+                    .unwrap_or_else(Instant::now);
+                let pos = meta
+                    .aug_word_pos
+                    .parse::<u128>()
+                    .context("resume state: aug_word_pos")?;
+                aug_resume = Some((meta.aug_epoch, pos));
+            }
+        }
+
+        let decide = if key.method == Method::SelfDistill {
+            Decide::SelfDistill
+        } else {
+            Decide::BestOnly
+        };
         let mut stopped = false;
-        'epochs: for epoch in 0..p.train.epochs {
+        let first_epoch = (step / steps_per_epoch) as usize;
+        let skip_batches = (step % steps_per_epoch) as usize;
+        'epochs: for epoch in first_epoch..p.train.epochs {
             let order = data::shuffled(
                 &data.split.train,
                 mix(&[key.seed, key.generation as u64, epoch as u64, PURPOSE_ORDER]),
@@ -515,10 +703,26 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 epoch as u64,
                 PURPOSE_AUGMENT,
             ]));
-            for chunk in order.chunks(p.train.batch_size) {
+            let skip = if epoch == first_epoch {
+                skip_batches
+            } else {
+                0
+            };
+            if let Some((aug_epoch, pos)) = aug_resume.take() {
+                if aug_epoch == epoch && skip > 0 {
+                    aug_rng.set_word_pos(pos);
+                }
+            }
+            for chunk in order.chunks(p.train.batch_size).skip(skip) {
                 if let Flow::Stop = self.poll_controls(key, step + 1)? {
                     stopped = true;
                     break 'epochs;
+                }
+                if self.faults.panic_at_step == Some(self.run_step + 1) {
+                    panic!(
+                        "fault injected by {FAULT_PANIC_ENV} at run step {}",
+                        self.run_step + 1
+                    );
                 }
                 let lr = schedule.lr_at(step);
                 let (x, y) = self.make_batch(chunk, &mut aug_rng);
@@ -537,14 +741,21 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 let correct = correct_count(logits.inner(), y.inner());
                 let grads = GradientsParams::from_grads(loss.backward(), &student);
                 student = optim.step(lr, student, grads);
-                let loss_value = loss.into_scalar().elem::<f64>();
+                let mut loss_value = loss.into_scalar().elem::<f64>();
                 let correct = correct.into_scalar().elem::<i64>() as u64;
                 step += 1;
                 self.run_step += 1;
+                if self.faults.nan_at_step == Some(self.run_step) {
+                    loss_value = f64::NAN;
+                }
                 if !loss_value.is_finite() {
-                    anyhow::bail!(
-                        "{key}: loss became {loss_value} at step {step} (diverged); lower train.lr"
-                    );
+                    self.flush_pending_step(true)?;
+                    self.emit(TrainEvent::Diverged {
+                        key,
+                        step,
+                        loss: loss_value,
+                    })?;
+                    return Ok(JobResult::Diverged);
                 }
                 state.train_loss_sum += loss_value * chunk.len() as f64;
                 state.train_correct += correct;
@@ -575,9 +786,13 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                         epochs_done,
                         lr,
                         started,
-                        is_self,
+                        decide,
                         &mut teacher,
                         &mut state,
+                    )?;
+                    let aug = (epoch, aug_rng.get_word_pos());
+                    self.save_mid_point(
+                        key, step, aug, started, source, &teacher, &state, &student, &optim,
                     )?;
                 }
             }
@@ -590,9 +805,13 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                     (epoch + 1) as f64,
                     lr,
                     started,
-                    is_self,
+                    decide,
                     &mut teacher,
                     &mut state,
+                )?;
+                let aug = (epoch, aug_rng.get_word_pos());
+                self.save_mid_point(
+                    key, step, aug, started, source, &teacher, &state, &student, &optim,
                 )?;
             }
         }
@@ -608,9 +827,25 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 epochs_done,
                 lr,
                 started,
-                is_self,
+                // A stop lands off the evaluation schedule: report, decide nothing,
+                // so that a resumed run continues exactly as an uninterrupted one.
+                if stopped { Decide::ReportOnly } else { decide },
                 &mut teacher,
                 &mut state,
+            )?;
+            // A stop lands mid-epoch: remember where the augmentation stream was.
+            let epoch = ((step.max(1) - 1) / steps_per_epoch) as usize;
+            let pos = self.aug_position(key, epoch, step, steps_per_epoch);
+            self.save_mid_point(
+                key,
+                step,
+                (epoch, pos),
+                started,
+                source,
+                &teacher,
+                &state,
+                &student,
+                &optim,
             )?;
         }
         self.flush_pending_step(true)?;
@@ -645,14 +880,176 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             teacher_replacements: state.replacements,
             stopped,
         }))?;
-        Ok(GenerationOutcome {
+        if stopped {
+            return Ok(JobResult::Stopped);
+        }
+        Ok(JobResult::Done(Box::new(GenerationOutcome {
             best_net: Teacher {
                 net: best.net,
                 val_acc: best.val_acc,
             },
             final_net,
             teacher,
-            stopped,
+        })))
+    }
+
+    /// Word position of the augmentation stream after `step` (replays the epoch's
+    /// draws; only used on a stop, which is rare).
+    fn aug_position(&mut self, key: JobKey, epoch: usize, step: u64, steps_per_epoch: u64) -> u128 {
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(&[
+            key.seed,
+            key.generation as u64,
+            epoch as u64,
+            PURPOSE_AUGMENT,
+        ]));
+        let Some(augment) = self.data.augment else {
+            return rng.get_word_pos();
+        };
+        let order = data::shuffled(
+            &self.data.split.train,
+            mix(&[key.seed, key.generation as u64, epoch as u64, PURPOSE_ORDER]),
+        );
+        let done = (step - epoch as u64 * steps_per_epoch) as usize;
+        for chunk in order.chunks(self.preset.train.batch_size).take(done) {
+            data::fill_batch(
+                &self.data.loaded.train,
+                chunk,
+                &self.data.norm,
+                Some((&augment, &mut rng)),
+                &mut self.batch,
+                &mut self.labels,
+            );
+        }
+        rng.get_word_pos()
+    }
+
+    /// Writes a resume point right after an evaluation.
+    #[allow(clippy::too_many_arguments)]
+    fn save_mid_point(
+        &self,
+        key: JobKey,
+        step: u64,
+        (aug_epoch, aug_pos): (usize, u128),
+        started: Instant,
+        source: TeacherSource,
+        teacher: &Option<Teacher<B::InnerBackend>>,
+        state: &GenState<B::InnerBackend>,
+        student: &Net<B>,
+        optim: &impl Optimizer<Net<B>, B>,
+    ) -> Result<()> {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(store) = sink.store.as_mut() else {
+            return Ok(());
+        };
+        let dir = store.begin_resume_point()?;
+        store::save_record::<B, _>(&dir.join(files::STUDENT), student.clone().into_record())?;
+        store::save_record::<B, _>(&dir.join(files::OPTIMIZER), optim.to_record())?;
+        if let Some(t) = teacher {
+            store::save_record::<B::InnerBackend, _>(
+                &dir.join(files::TEACHER),
+                t.net.clone().into_record(),
+            )?;
+        }
+        if let Some(b) = &state.best {
+            store::save_record::<B::InnerBackend, _>(
+                &dir.join(files::BEST),
+                b.net.clone().into_record(),
+            )?;
+        }
+        let meta = MidJobMeta {
+            step,
+            aug_epoch,
+            aug_word_pos: aug_pos.to_string(),
+            elapsed_s: started.elapsed().as_secs_f64(),
+            source,
+            teacher_acc: teacher.as_ref().map(|t| t.val_acc),
+            best: state.best.as_ref().map(|b| BestMeta {
+                val_acc: b.val_acc,
+                step: b.step,
+                test_acc: b.test_acc,
+            }),
+            replacements: state.replacements,
+            last_val_acc: state.last_val_acc,
+            last_test_acc: state.last_test_acc,
+        };
+        store.commit_resume_point(&dir, &self.resume_state(key, ResumePoint::MidJob(meta)))
+    }
+
+    /// Writes a resume point before job `index` starts, with what the previous
+    /// generation of the same method hands on.
+    fn save_job_start_point(
+        &self,
+        index: usize,
+        key: JobKey,
+        previous: Option<&GenerationOutcome<B::InnerBackend>>,
+    ) -> Result<()> {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(store) = sink.store.as_mut() else {
+            return Ok(());
+        };
+        let dir = store.begin_resume_point()?;
+        let meta = match previous {
+            None => None,
+            Some(prev) => {
+                store::save_record::<B::InnerBackend, _>(
+                    &dir.join(files::PREV_FINAL),
+                    prev.final_net.net.clone().into_record(),
+                )?;
+                store::save_record::<B::InnerBackend, _>(
+                    &dir.join(files::PREV_BEST),
+                    prev.best_net.net.clone().into_record(),
+                )?;
+                if let Some(t) = &prev.teacher {
+                    store::save_record::<B::InnerBackend, _>(
+                        &dir.join(files::PREV_TEACHER),
+                        t.net.clone().into_record(),
+                    )?;
+                }
+                Some(PreviousMeta {
+                    final_acc: prev.final_net.val_acc,
+                    best_acc: prev.best_net.val_acc,
+                    teacher_acc: prev.teacher.as_ref().map(|t| t.val_acc),
+                })
+            }
+        };
+        let mut state = self.resume_state(key, ResumePoint::JobStart { previous: meta });
+        state.job_index = index;
+        store.commit_resume_point(&dir, &state)
+    }
+
+    fn resume_state(&self, key: JobKey, point: ResumePoint) -> ResumeState {
+        ResumeState {
+            job_index: self.job_index,
+            key,
+            run_step: self.run_step,
+            temperature: self.knobs.temperature,
+            alpha: self.knobs.alpha,
+            point,
+        }
+    }
+
+    fn load_previous(
+        &self,
+        dir: &Path,
+        meta: &PreviousMeta,
+    ) -> Result<GenerationOutcome<B::InnerBackend>> {
+        let device = self.device.clone();
+        Ok(GenerationOutcome {
+            final_net: Teacher {
+                net: self.load_net(&dir.join(files::PREV_FINAL), &device)?,
+                val_acc: meta.final_acc,
+            },
+            best_net: Teacher {
+                net: self.load_net(&dir.join(files::PREV_BEST), &device)?,
+                val_acc: meta.best_acc,
+            },
+            teacher: match meta.teacher_acc {
+                Some(val_acc) => Some(Teacher {
+                    net: self.load_net(&dir.join(files::PREV_TEACHER), &device)?,
+                    val_acc,
+                }),
+                None => None,
+            },
         })
     }
 
@@ -671,16 +1068,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             &mut self.batch,
             &mut self.labels,
         );
-        self.take_batch_tensors(indices.len(), set.channels, set.height, set.width)
-    }
-
-    fn take_batch_tensors(
-        &mut self,
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+        let (n, c, h, w) = (indices.len(), set.channels, set.height, set.width);
         let x = Tensor::from_data(
             TensorData::new(std::mem::take(&mut self.batch), [n, c, h, w]),
             &self.device,
@@ -703,7 +1091,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         epoch: f64,
         lr: f64,
         started: Instant,
-        is_self: bool,
+        decide: Decide,
         teacher: &mut Option<Teacher<B::InnerBackend>>,
         state: &mut GenState<B::InnerBackend>,
     ) -> Result<()> {
@@ -712,7 +1100,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let (val_loss, val_acc) = self.eval_split(&model, EvalSet::Val);
         let (test_loss, test_acc) = self.eval_split(&model, EvalSet::Test);
         let seen = state.train_seen.max(1) as f64;
-        let improved = state.best.as_ref().is_none_or(|b| val_acc > b.val_acc);
+        let deciding = decide != Decide::ReportOnly;
+        let improved = deciding && state.best.as_ref().is_none_or(|b| val_acc > b.val_acc);
         if improved {
             state.best = Some(BestSnapshot {
                 net: model.clone(),
@@ -746,7 +1135,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         // Self-distillation: the best network so far (including an inherited teacher)
         // teaches; a strictly better student replaces it.
         let teacher_acc = teacher.as_ref().map(|t| t.val_acc);
-        if is_self && teacher_acc.is_none_or(|a| val_acc > a) {
+        if decide == Decide::SelfDistill && teacher_acc.is_none_or(|a| val_acc > a) {
             *teacher = Some(Teacher {
                 net: model,
                 val_acc,
@@ -902,6 +1291,17 @@ fn merge_steps(older: StepMetrics, newer: StepMetrics) -> StepMetrics {
         coalesced: n,
         ..newer
     }
+}
+
+/// What an evaluation may change besides reporting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decide {
+    /// Update the best snapshot.
+    BestOnly,
+    /// Update the best snapshot and replace the teacher on improvement.
+    SelfDistill,
+    /// Report numbers only.
+    ReportOnly,
 }
 
 #[derive(Clone, Copy)]

@@ -415,6 +415,17 @@ impl RunView {
                     format!("[{key}] {control} from step {step}"),
                 );
             }
+            TrainEvent::Diverged { key, step, loss } => {
+                self.log(
+                    LogKind::Error,
+                    format!("[{key}] DIVERGED at step {step} (loss {loss}); other methods go on"),
+                );
+            }
+            TrainEvent::Resumed { key, step } => {
+                self.current = Some(*key);
+                self.step = *step;
+                self.log(LogKind::Info, format!("[{key}] resumed after step {step}"));
+            }
             TrainEvent::GenerationFinished(g) => {
                 let stopped = if g.stopped { " (stopped)" } else { "" };
                 self.log(
