@@ -630,3 +630,76 @@ fn a_diverging_method_is_marked_and_the_other_methods_go_on() {
         "{text:?}"
     );
 }
+
+#[test]
+fn another_process_controls_the_run_through_its_folder_and_follows_its_log() {
+    use selfdistill::store::follow::{append_control, EventFollower};
+    let mut preset = tiny(r#""self""#, 1, "");
+    preset.train.epochs = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        runs_dir: Some(dir.path().to_path_buf()),
+        record: true,
+        ..Default::default()
+    };
+    let handle = prepare(preset, &opts).unwrap().spawn();
+    let run_dir = handle.run_dir.clone().unwrap();
+    let mut follower = EventFollower::new(&run_dir);
+    let mut followed: Vec<TrainEvent> = Vec::new();
+    let mut live: Vec<TrainEvent> = Vec::new();
+    let mut sent = false;
+    let mut resumed = false;
+    loop {
+        let ev = handle
+            .events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("trainer alive");
+        live.push(ev.clone());
+        match ev {
+            TrainEvent::Step(s) if s.step >= 4 && !sent => {
+                append_control(&run_dir, Control::Pause).unwrap();
+                append_control(&run_dir, Control::SetTemperature(1.5)).unwrap();
+                sent = true;
+            }
+            TrainEvent::ControlApplied {
+                control: Control::SetTemperature(t),
+                ..
+            } if !resumed => {
+                assert_eq!(t, 1.5);
+                append_control(&run_dir, Control::Resume).unwrap();
+                resumed = true;
+            }
+            TrainEvent::Finished { status, .. } => {
+                assert_eq!(status, RunStatus::Finished);
+                break;
+            }
+            _ => {}
+        }
+        followed.extend(follower.poll().unwrap());
+    }
+    handle.thread.join().unwrap();
+    followed.extend(follower.poll().unwrap());
+    let controls: Vec<Control> = live
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::ControlApplied { control, .. } => Some(*control),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        controls,
+        vec![
+            Control::Pause,
+            Control::SetTemperature(1.5),
+            Control::Resume
+        ]
+    );
+    // The follower saw every essential event the live consumer saw, in order.
+    let essential = |v: &[TrainEvent]| -> Vec<String> {
+        v.iter()
+            .filter(|e| e.is_essential())
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect()
+    };
+    assert_eq!(essential(&followed), essential(&live));
+}

@@ -7,6 +7,7 @@
 //! - `summary.json`: the run summary, rewritten atomically (write, then rename);
 //! - `checkpoints/s<seed>-<method>-g<gen>-{best,final}.mpk`: Burn records.
 
+pub mod follow;
 pub mod resume;
 
 use std::fs::{self, File, OpenOptions};

@@ -2,6 +2,7 @@
 //! recording the run folder and obeying controls between steps.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -197,9 +198,19 @@ impl PreparedRun {
         let (tx, events) = event_channel();
         let (controls, control_rx) = crossbeam_channel::unbounded();
         let run_dir = self.writer.as_ref().map(|w| w.dir().to_path_buf());
+        // Controls may also come from `selfdistill watch` in another process, through
+        // the run folder's control file.
+        let done = Arc::new(AtomicBool::new(false));
+        if let Some(dir) = &run_dir {
+            store::follow::spawn_control_inbox(dir, controls.clone(), done.clone());
+        }
         let thread = std::thread::Builder::new()
             .name("selfdistill-trainer".into())
-            .spawn(move || self.run(tx, control_rx))
+            .spawn(move || {
+                let status = self.run(tx, control_rx);
+                done.store(true, Ordering::Release);
+                status
+            })
             .expect("spawning a thread");
         RunHandle {
             events,
