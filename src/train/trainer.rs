@@ -724,7 +724,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                     aug_rng.set_word_pos(pos);
                 }
             }
-            for chunk in order.chunks(p.train.batch_size).skip(skip) {
+            let batches = order.len().div_ceil(p.train.batch_size);
+            for (batch, chunk) in order.chunks(p.train.batch_size).enumerate().skip(skip) {
                 if let Flow::Stop = self.poll_controls(key, step + 1)? {
                     stopped = true;
                     break 'epochs;
@@ -785,7 +786,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                     ticket: Ticket::default(),
                 })?;
                 let eval_due = match p.train.eval_every {
-                    0 => false,
+                    0 => batch + 1 == batches,
                     n => step.is_multiple_of(n),
                 };
                 if eval_due {
@@ -806,24 +807,6 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                         key, step, aug, started, source, &teacher, &state, &student, &optim,
                     )?;
                 }
-            }
-            if p.train.eval_every == 0 {
-                let lr = schedule.lr_at(step.saturating_sub(1));
-                self.evaluate(
-                    key,
-                    &student,
-                    step,
-                    (epoch + 1) as f64,
-                    lr,
-                    started,
-                    decide,
-                    &mut teacher,
-                    &mut state,
-                )?;
-                let aug = (epoch, aug_rng.get_word_pos());
-                self.save_mid_point(
-                    key, step, aug, started, source, &teacher, &state, &student, &optim,
-                )?;
             }
         }
         // The final network must have numbers even when the last step was not an
