@@ -49,12 +49,16 @@ pub struct RunWriter {
     evals: Vec<EvalMetrics>,
     summary: RunSummary,
     resume_seq: u64,
+    last_flush: std::time::Instant,
     /// Held for the writer's lifetime: one process writes a run at a time. The OS
     /// releases it when the process dies, even by kill -9.
     _lock: File,
 }
 
 pub const LOCK_FILE: &str = "run.lock";
+
+/// How long per-step lines may sit in the write buffer.
+const STEP_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Takes the run folder's writer lock, or says who holds it.
 fn lock_run(dir: &Path) -> Result<File> {
@@ -142,6 +146,7 @@ impl RunWriter {
             evals: Vec::new(),
             summary: RunSummary::default(),
             resume_seq: 0,
+            last_flush: std::time::Instant::now(),
             _lock: lock,
         })
     }
@@ -183,6 +188,7 @@ impl RunWriter {
             evals,
             summary,
             resume_seq: resume::next_seq(dir),
+            last_flush: std::time::Instant::now(),
             _lock: lock,
         };
         writer.rewrite_metrics()?;
@@ -250,9 +256,16 @@ impl RunWriter {
         serde_json::to_writer(&mut self.events, ev)?;
         self.events.write_all(b"\n")?;
         if !ev.is_essential() {
+            // Steps reach the disk a few times a second, so `watch` sees progress
+            // without a syscall per step.
+            if self.last_flush.elapsed() >= STEP_FLUSH_INTERVAL {
+                self.events.flush()?;
+                self.last_flush = std::time::Instant::now();
+            }
             return Ok(());
         }
         self.events.flush()?;
+        self.last_flush = std::time::Instant::now();
         self.summary.apply(ev);
         apply_to_evals(&mut self.evals, ev);
         match ev {
