@@ -144,8 +144,8 @@ fn headless_run_prints_evaluations_and_the_comparison_table() {
     let text = selfdistill::preset::SHIPPED[0]
         .1
         .replacen("name = \"quick\"", "name = \"mini\"", 1)
-        .replacen("train_size = 3000", "train_size = 500", 1)
-        .replacen("epochs = 6", "epochs = 2", 1);
+        .replacen("train_size = 4000", "train_size = 500", 1)
+        .replacen("epochs = 12", "epochs = 2", 1);
     std::fs::write(&preset, text).unwrap();
     let runs = dir.path().join("runs");
     let (code, stdout, stderr) = selfdistill(&[

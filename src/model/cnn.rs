@@ -1,14 +1,16 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
+
+use super::norm::BatchNorm2d;
 use burn::tensor::activation::relu;
 
 /// Conv3x3 (no bias, BN follows) + BatchNorm + ReLU.
 #[derive(Module, Debug)]
 pub struct ConvBn<B: Backend> {
     conv: Conv2d<B>,
-    bn: BatchNorm<B>,
+    bn: BatchNorm2d<B>,
 }
 
 impl<B: Backend> ConvBn<B> {
@@ -19,7 +21,7 @@ impl<B: Backend> ConvBn<B> {
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .with_bias(false)
                 .init(device),
-            bn: BatchNormConfig::new(out).init(device),
+            bn: BatchNorm2d::new(out, device),
         }
     }
 

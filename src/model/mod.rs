@@ -2,6 +2,7 @@
 
 mod cnn;
 mod mlp;
+mod norm;
 mod resnet;
 
 use std::sync::Mutex;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cnn::{Cnn, CnnConfig};
 pub use mlp::{Mlp, MlpConfig};
+pub use norm::BatchNorm2d;
 pub use resnet::{ResNet, ResNetConfig};
 
 /// Architecture family named in presets.

@@ -1,7 +1,9 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
+
+use super::norm::BatchNorm2d;
 use burn::tensor::activation::relu;
 
 use super::cnn::ConvBn;
@@ -10,7 +12,7 @@ use super::cnn::ConvBn;
 #[derive(Module, Debug)]
 pub struct Projection<B: Backend> {
     conv: Conv2d<B>,
-    bn: BatchNorm<B>,
+    bn: BatchNorm2d<B>,
 }
 
 /// CIFAR basic block: two 3x3 conv-BN, identity or projection shortcut.
@@ -28,7 +30,7 @@ impl<B: Backend> BasicBlock<B> {
                 .with_stride([stride, stride])
                 .with_bias(false)
                 .init(device),
-            bn: BatchNormConfig::new(out).init(device),
+            bn: BatchNorm2d::new(out, device),
         });
         BasicBlock {
             a: ConvBn::new(inp, out, stride, device),

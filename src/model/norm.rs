@@ -1,0 +1,191 @@
+//! Batch normalisation for `[batch, channels, height, width]` activations.
+//!
+//! Same parameters, statistics and record layout as burn-nn's `BatchNorm` (so
+//! checkpoints are interchangeable), computed in a layout Burn's CPU backend handles
+//! with its fast paths: burn-nn reshapes a `swap_dims` view and broadcasts
+//! `[1, C, 1, 1]` tensors, which flex copies element by element; profiled, that was
+//! about 75% of a small CNN's training step (see BENCHMARKS.md). Here the activations
+//! are viewed as `[N, C, H*W]`, statistics reduce contiguous dimensions, and the
+//! per-channel scale and shift are repeated to `[N, C, 1]`.
+
+use burn::module::{Param, RunningState};
+use burn::prelude::*;
+
+#[derive(Module, Debug)]
+pub struct BatchNorm2d<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub beta: Param<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<B, 1>>,
+    pub momentum: f64,
+    pub epsilon: f64,
+}
+
+impl<B: Backend> BatchNorm2d<B> {
+    /// PyTorch's and burn-nn's defaults: momentum 0.1, epsilon 1e-5.
+    pub fn new(channels: usize, device: &B::Device) -> Self {
+        BatchNorm2d {
+            gamma: Param::from_tensor(Tensor::ones([channels], device)),
+            beta: Param::from_tensor(Tensor::zeros([channels], device)),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            momentum: 0.1,
+            epsilon: 1e-5,
+        }
+    }
+
+    /// Batch statistics while training (autodiff backends), running ones otherwise.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        let x3 = x.reshape([n, c, h * w]);
+        let out = if B::ad_enabled(&x3.device()) {
+            self.forward_train(x3)
+        } else {
+            self.forward_inference(x3)
+        };
+        out.reshape([n, c, h, w])
+    }
+
+    fn forward_train(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [n, c, _] = x.dims();
+        // Mean over pixels then over the batch: every image has as many pixels.
+        let mean = x.clone().mean_dim(2).mean_dim(0);
+        let centered = x - mean.clone().repeat_dim(0, n);
+        // Biased variance, as burn-nn uses for both normalising and running stats.
+        let var = centered.clone().powi_scalar(2).mean_dim(2).mean_dim(0);
+
+        let device = centered.device();
+        let m = self.momentum;
+        let running_mean = self.running_mean.value_sync().to_device(&device);
+        let running_var = self.running_var.value_sync().to_device(&device);
+        self.running_mean.update(
+            running_mean
+                .mul_scalar(1.0 - m)
+                .add(mean.detach().reshape([c]).mul_scalar(m))
+                .detach(),
+        );
+        self.running_var.update(
+            running_var
+                .mul_scalar(1.0 - m)
+                .add(var.clone().detach().reshape([c]).mul_scalar(m))
+                .detach(),
+        );
+
+        let scale =
+            var.add_scalar(self.epsilon).sqrt().recip() * self.gamma.val().reshape([1, c, 1]);
+        let shift = self.beta.val().reshape([1, c, 1]);
+        centered * scale.repeat_dim(0, n) + shift.repeat_dim(0, n)
+    }
+
+    fn forward_inference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [n, c, _] = x.dims();
+        let device = x.device();
+        let mean = self.running_mean.value().to_device(&device);
+        let var = self.running_var.value().to_device(&device);
+        // One multiply-add per element: fold the statistics into scale and shift.
+        let scale = var.add_scalar(self.epsilon).sqrt().recip() * self.gamma.val();
+        let shift = self.beta.val() - mean * scale.clone();
+        x * scale.reshape([1, c, 1]).repeat_dim(0, n) + shift.reshape([1, c, 1]).repeat_dim(0, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{flex::FlexDevice, Autodiff, Flex};
+    use burn::module::AutodiffModule;
+    use burn::nn::{BatchNorm, BatchNormConfig};
+    use burn::tensor::{Distribution, Tolerance};
+
+    type A = Autodiff<Flex>;
+
+    fn pair() -> (BatchNorm2d<A>, BatchNorm<A>) {
+        let device = FlexDevice;
+        let ours = BatchNorm2d::<A>::new(3, &device);
+        let theirs = BatchNormConfig::new(3).init::<A>(&device);
+        // Non-trivial affine parameters, the same in both.
+        let gamma = Tensor::<A, 1>::from_floats([0.5, 1.5, -1.0], &device);
+        let beta = Tensor::<A, 1>::from_floats([0.1, -0.2, 0.3], &device);
+        let ours = BatchNorm2d {
+            gamma: Param::from_tensor(gamma.clone()),
+            beta: Param::from_tensor(beta.clone()),
+            ..ours
+        };
+        let theirs = BatchNorm {
+            gamma: Param::from_tensor(gamma),
+            beta: Param::from_tensor(beta),
+            ..theirs
+        };
+        (ours, theirs)
+    }
+
+    fn input() -> Tensor<A, 4> {
+        Tensor::<A, 4>::random([4, 3, 5, 6], Distribution::Normal(2.0, 3.0), &FlexDevice)
+            .require_grad()
+    }
+
+    #[test]
+    fn matches_burn_batch_norm_in_training_output_gradients_and_running_stats() {
+        let (ours, theirs) = pair();
+        let x = input();
+        let weights =
+            Tensor::<A, 4>::random([4, 3, 5, 6], Distribution::Normal(0.0, 1.0), &FlexDevice);
+        let a = ours.forward(x.clone());
+        let b = theirs.forward(x.clone());
+        a.to_data()
+            .assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-4));
+        let ga = (a * weights.clone()).sum().backward();
+        let gb = (b * weights).sum().backward();
+        let gx_a = x.grad(&ga).unwrap();
+        let gx_b = x.grad(&gb).unwrap();
+        gx_a.to_data()
+            .assert_approx_eq::<f32>(&gx_b.to_data(), Tolerance::absolute(1e-4));
+        let gg_a = ours.gamma.val().grad(&ga).unwrap();
+        let gg_b = theirs.gamma.val().grad(&gb).unwrap();
+        gg_a.to_data()
+            .assert_approx_eq::<f32>(&gg_b.to_data(), Tolerance::absolute(1e-3));
+        ours.running_mean.value().to_data().assert_approx_eq::<f32>(
+            &theirs.running_mean.value().to_data(),
+            Tolerance::absolute(1e-5),
+        );
+        ours.running_var.value().to_data().assert_approx_eq::<f32>(
+            &theirs.running_var.value().to_data(),
+            Tolerance::absolute(1e-5),
+        );
+    }
+
+    #[test]
+    fn matches_burn_batch_norm_in_inference() {
+        let (ours, theirs) = pair();
+        // Move the running statistics away from (0, 1) first.
+        let x = input();
+        let _ = ours.forward(x.clone());
+        let _ = theirs.forward(x);
+        let (ours, theirs) = (ours.valid(), theirs.valid());
+        let x =
+            Tensor::<Flex, 4>::random([2, 3, 4, 4], Distribution::Normal(1.0, 2.0), &FlexDevice);
+        ours.forward(x.clone())
+            .to_data()
+            .assert_approx_eq::<f32>(&theirs.forward(x).to_data(), Tolerance::absolute(1e-4));
+    }
+
+    #[test]
+    fn records_are_interchangeable_with_burn_batch_norm() {
+        use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+        let (ours, theirs) = pair();
+        let _ = theirs.forward(input());
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let bytes = recorder.record(theirs.clone().into_record(), ()).unwrap();
+        let loaded = ours.load_record(recorder.load(bytes, &FlexDevice).unwrap());
+        loaded
+            .running_mean
+            .value()
+            .to_data()
+            .assert_eq(&theirs.running_mean.value().to_data(), true);
+        loaded
+            .gamma
+            .val()
+            .to_data()
+            .assert_eq(&theirs.gamma.val().to_data(), true);
+    }
+}
