@@ -84,6 +84,45 @@ enum Command {
     Export(ExportArgs),
     /// Continue a stopped, failed or killed run from its last checkpoint.
     Resume(ResumeArgs),
+    /// Attach the dashboard to a run another process is writing (or wrote): follow its
+    /// event log live and steer it through its control file. Quitting detaches.
+    Watch(WatchArgs),
+    /// Training and inference throughput of the small CNN and ResNet-20 (table + JSON;
+    /// bench/compare.sh runs it against PyTorch).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// CPU compute threads (the rayon pool flex runs on); default: all cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "64,128")]
+    batch: String,
+    /// Networks, comma-separated: cnn, resnet20.
+    #[arg(long, default_value = "cnn,resnet20")]
+    models: String,
+    /// Cases, comma-separated: train, train-kd, infer.
+    #[arg(long, default_value = "train,train-kd,infer")]
+    cases: String,
+    /// Timed steps per repetition.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps before timing each case.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Repetitions per case (the table shows the median).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Seed of the weights and synthetic inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the results as JSON here (same schema as bench/pytorch_bench.py).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +137,15 @@ struct ResumeArgs {
     /// Folder with the dataset files (overrides the run's data.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where run ids are looked up (default: $SELFDISTILL_RUNS_DIR or the user data dir).
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// Run folder, or a run id in the runs directory (see `selfdistill runs`).
+    run: String,
     /// Where run ids are looked up (default: $SELFDISTILL_RUNS_DIR or the user data dir).
     #[arg(long)]
     runs_dir: Option<PathBuf>,
@@ -220,6 +268,8 @@ fn main() -> ExitCode {
         }) => download(&dataset, data_dir),
         Some(Command::Export(args)) => export(args),
         Some(Command::Resume(args)) => resume(args, &cli.ui),
+        Some(Command::Watch(args)) => watch(args, &cli.ui),
+        Some(Command::Bench(args)) => bench(args),
     };
     match result {
         Ok(code) => code,
@@ -289,6 +339,25 @@ fn resume(args: ResumeArgs, ui: &UiArgs) -> Result<ExitCode> {
     } else {
         tui::open_run(ui.options(opts), prepared)
     }
+}
+
+fn watch(args: WatchArgs, ui: &UiArgs) -> Result<ExitCode> {
+    let runs_dir = args.runs_dir.unwrap_or_else(store::default_runs_dir);
+    let dir = store::find_run(&runs_dir, &args.run)?;
+    if !std::io::stdout().is_terminal() {
+        eprintln!(
+            "selfdistill: stdout is not a terminal, so the dashboard cannot open.\n\
+             Use `selfdistill runs` for the status of runs, or `selfdistill export {} --format csv|json` for their numbers.",
+            args.run
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let opts = RunOptions {
+        runs_dir: Some(runs_dir),
+        record: true,
+        ..Default::default()
+    };
+    tui::open_watch(ui.options(opts), dir)
 }
 
 /// Trains with progress lines on stdout; the first Ctrl-C stops gracefully.
@@ -482,6 +551,31 @@ fn download(dataset: &str, data_dir: Option<PathBuf>) -> Result<ExitCode> {
         "{kind} loads from {}: train {} · test {}",
         report.source, report.train_len, report.test_len
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    use selfdistill::bench::{self, BenchCase, BenchModel, BenchOptions};
+    let batches = bench::parse_list(&args.batch, "batch size", |s| {
+        s.parse::<usize>().ok().filter(|&b| b > 0)
+    })?;
+    let opts = BenchOptions {
+        backend: args.backend.into(),
+        threads: args.threads,
+        batches,
+        models: bench::parse_list(&args.models, "model", BenchModel::parse)?,
+        cases: bench::parse_list(&args.cases, "case", BenchCase::parse)?,
+        steps: args.steps,
+        warmup: args.warmup,
+        reps: args.reps,
+        seed: args.seed,
+    };
+    let report = bench::run(&opts, |r| eprintln!("{}", bench::result_line(r)))?;
+    print!("{}", bench::table(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -219,19 +219,24 @@ fn conventional_generation_k_is_taught_by_generation_k_minus_1() {
         ("final", TeacherSource::PreviousFinal),
         ("best", TeacherSource::PreviousBest),
     ] {
-        // A high lr makes the last epoch worse than the best one, so final != best.
-        let mut preset =
-            tiny(r#""conventional""#, 3, "schedule = \"constant\"\n").with_teacher(choice);
+        // A high constant lr and frequent evaluations make the last evaluation worse
+        // than the best one, so final != best.
+        let mut preset = tiny(
+            r#""conventional""#,
+            4,
+            "schedule = \"constant\"\neval_every = 3\n",
+        )
+        .with_teacher(choice);
         preset.train.lr = 0.3;
         let events = run_preset(&preset);
         let gens = finished(&events);
-        assert_eq!(gens.len(), 3);
+        assert_eq!(gens.len(), 4);
         assert_eq!(
             started(&events, key(Method::Conventional, 1)),
             (TeacherSource::None, None)
         );
         let mut distinguishes = false;
-        for k in 2..=3 {
+        for k in 2..=4 {
             let prev = &gens[k - 2];
             let (src, acc) = started(&events, key(Method::Conventional, k));
             assert_eq!(src, source);

@@ -3,6 +3,9 @@
 //! timer; trainer events are drained eagerly (the trainer must never wait on us) and
 //! frames are drawn at most once per refresh interval.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,22 +34,152 @@ pub enum Input {
     Closed,
 }
 
+/// Where controls go: the trainer thread of this process, or the control file of a run
+/// another process trains (`selfdistill watch`).
+pub trait ControlSink: Send {
+    fn deliver(&self, control: Control) -> Result<()>;
+}
+
+impl ControlSink for Sender<Control> {
+    fn deliver(&self, control: Control) -> Result<()> {
+        // A trainer that already ended just ignores it.
+        let _ = self.send(control);
+        Ok(())
+    }
+}
+
+/// Appends controls to `<run>/control.jsonl`; the training process picks them up.
+pub struct ControlFile {
+    pub run_dir: PathBuf,
+}
+
+impl ControlSink for ControlFile {
+    fn deliver(&self, control: Control) -> Result<()> {
+        store::follow::append_control(&self.run_dir, control)
+    }
+}
+
 /// The UI's end of a running trainer.
 pub struct RunLink {
     pub events: Receiver<TrainEvent>,
-    pub controls: Sender<Control>,
+    pub controls: Box<dyn ControlSink>,
     pub thread: Option<JoinHandle<RunStatus>>,
     /// The trainer dropped its sender: every event has been read.
     pub drained: bool,
+    /// Watching another process's run: its follower thread.
+    pub remote: Option<Remote>,
+}
+
+impl RunLink {
+    /// A link to a trainer thread of this process.
+    pub fn local(events: Receiver<TrainEvent>, controls: Sender<Control>) -> RunLink {
+        RunLink {
+            events,
+            controls: Box::new(controls),
+            thread: None,
+            drained: false,
+            remote: None,
+        }
+    }
 }
 
 impl From<RunHandle> for RunLink {
     fn from(h: RunHandle) -> RunLink {
         RunLink {
-            events: h.events,
-            controls: h.controls,
             thread: Some(h.thread),
+            ..RunLink::local(h.events, h.controls)
+        }
+    }
+}
+
+/// The follower thread of a watched run: it feeds new events of the run's log into the
+/// link's channel and keeps `writer_live` up to date; dropping this stops it.
+pub struct Remote {
+    pub writer_live: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How often the follower checks whether a process still writes the run.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Remote {
+    /// Without a thread: a test sets `writer_live` by hand.
+    pub fn manual(writer_live: bool) -> Remote {
+        Remote {
+            writer_live: Arc::new(AtomicBool::new(writer_live)),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    /// Follows `run_dir` from where `follower` left off: a link whose controls go to the
+    /// run's control file.
+    pub fn follow(
+        run_dir: PathBuf,
+        mut follower: store::follow::EventFollower,
+        writer_live: bool,
+    ) -> RunLink {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut remote = Remote::manual(writer_live);
+        let (live, stop, dir) = (
+            remote.writer_live.clone(),
+            remote.stop.clone(),
+            run_dir.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("selfdistill-watch".into())
+            .spawn(move || {
+                let mut last_check = Instant::now();
+                let mut last_error: Option<String> = None;
+                while !stop.load(Ordering::Acquire) {
+                    match follower.poll() {
+                        Ok(events) => {
+                            last_error = None;
+                            for ev in events {
+                                if tx.send(ev).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            // Say it once, not every poll.
+                            let msg = format!("{e:#}");
+                            if last_error.as_ref() != Some(&msg) {
+                                let ev = TrainEvent::Log {
+                                    message: format!("watch: {msg}"),
+                                };
+                                if tx.send(ev).is_err() {
+                                    return;
+                                }
+                                last_error = Some(msg);
+                            }
+                        }
+                    }
+                    if last_check.elapsed() >= LIVENESS_INTERVAL {
+                        live.store(store::is_live(&dir), Ordering::Release);
+                        last_check = Instant::now();
+                    }
+                    std::thread::sleep(store::follow::POLL_INTERVAL);
+                }
+            })
+            .expect("spawning a thread");
+        remote.thread = Some(thread);
+        RunLink {
+            events: rx,
+            controls: Box::new(ControlFile { run_dir }),
+            thread: None,
             drained: false,
+            remote: Some(remote),
+        }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -160,6 +293,7 @@ impl<'a, B: Backend> App<'a, B> {
                 }
             }
             self.drain_events();
+            self.check_writer();
             while let Ok(input) = inputs.try_recv() {
                 self.on_input(input)?;
             }
@@ -239,6 +373,23 @@ impl<'a, B: Backend> App<'a, B> {
         self.stats.max_batch = self.stats.max_batch.max(n + 1);
     }
 
+    /// Watching: picks up what the follower learnt about the run's writer.
+    fn check_writer(&mut self) {
+        let Some(remote) = self.link.as_ref().and_then(|l| l.remote.as_ref()) else {
+            return;
+        };
+        let live = remote.writer_live.load(Ordering::Acquire);
+        if self
+            .state
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.writer_live != live)
+        {
+            self.state.set_writer_live(live, Instant::now());
+            self.dirty = true;
+        }
+    }
+
     fn on_event(&mut self, ev: TrainEvent) {
         self.stats.events += 1;
         self.state.apply(&ev);
@@ -288,8 +439,9 @@ impl<'a, B: Backend> App<'a, B> {
     }
 
     fn interrupt_gone(&mut self) -> Result<()> {
-        if let Some(link) = &self.link {
-            let _ = link.controls.send(Control::Stop);
+        // A watcher detaches: the other process's run goes on.
+        if let Some(link) = self.link.as_ref().filter(|l| l.remote.is_none()) {
+            let _ = link.controls.deliver(Control::Stop);
         }
         self.state.should_quit = true;
         Ok(())
@@ -319,8 +471,14 @@ impl<'a, B: Backend> App<'a, B> {
         match fx {
             Effect::Control(c) => {
                 if let Some(link) = &self.link {
-                    // A trainer that already ended just ignores it.
-                    let _ = link.controls.send(c);
+                    if let Err(e) = link.controls.deliver(c) {
+                        self.state.flash = Some(format!("cannot send {c}: {e:#}"));
+                        if let Some(run) = self.state.run.as_mut() {
+                            run.requested_pause = None;
+                            run.requested_t = None;
+                            run.requested_alpha = None;
+                        }
+                    }
                 }
             }
             Effect::StartPreset(i) => {
@@ -335,6 +493,7 @@ impl<'a, B: Backend> App<'a, B> {
                 match self.launcher.launch(preset) {
                     Ok(link) => {
                         self.link = Some(link);
+                        self.state.watch = None;
                         self.state.run = Some(RunView::live(name));
                         self.state.past = None;
                         self.state.log_scroll = 0;

@@ -12,8 +12,10 @@ use selfdistill::train::events::{
 };
 
 use super::render;
-use super::state::{AppState, MenuState, RunView, Screen};
+use super::state::{AppState, MenuState, RunView, Screen, WatchInfo};
 use super::theme::Theme;
+use selfdistill::store::RunInfo;
+use selfdistill::train::summary::RunSummary;
 
 pub fn key(method: Method, generation: usize) -> JobKey {
     JobKey {
@@ -223,4 +225,51 @@ pub fn render_text(state: &AppState, w: u16, h: u16) -> Vec<String> {
 
 pub fn screen_contains(lines: &[String], needle: &str) -> bool {
     lines.iter().any(|l| l.contains(needle))
+}
+
+/// `selfdistill watch` of a run whose log holds `events`, its writer live or not.
+pub fn watch_state(events: &[TrainEvent], writer_live: bool) -> AppState {
+    let mut s = AppState::new(menu(), Theme::default());
+    let t0 = Instant::now();
+    s.run = Some(RunView::watched(
+        "20260101-000000-quick",
+        events,
+        writer_live,
+        t0,
+    ));
+    s.watch = Some(WatchInfo {
+        run_id: "20260101-000000-quick".into(),
+        dir: PathBuf::from("/tmp/runs-for-tests/20260101-000000-quick"),
+        writer_live,
+    });
+    s.now = t0 + Duration::from_secs(1);
+    s.screen = Screen::Dashboard;
+    s
+}
+
+/// A finished scripted run with every accuracy and wall time scaled (distinct numbers
+/// per run), as the menu lists it.
+pub fn past_run(id: &str, acc_shift: f64, wall_scale: f64) -> RunInfo {
+    let events: Vec<TrainEvent> = scripted_run(true)
+        .into_iter()
+        .map(|ev| match ev {
+            TrainEvent::GenerationFinished(mut g) => {
+                g.best_val_acc += acc_shift;
+                g.test_acc_at_best += acc_shift;
+                g.wall_s *= wall_scale;
+                TrainEvent::GenerationFinished(g)
+            }
+            TrainEvent::Eval(mut e) => {
+                e.val_acc += acc_shift;
+                e.elapsed_s *= wall_scale;
+                TrainEvent::Eval(e)
+            }
+            ev => ev,
+        })
+        .collect();
+    RunInfo {
+        dir: PathBuf::from("/tmp/runs-for-tests").join(id),
+        id: id.into(),
+        summary: RunSummary::from_events(events.iter().filter(|e| e.is_essential())),
+    }
 }

@@ -6,7 +6,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use selfdistill::preset::limits;
 use selfdistill::train::events::Control;
 
-use super::state::{AppState, ConfirmKind, MenuFocus, Overlay, Screen};
+use super::state::{AppState, ConfirmKind, MenuFocus, Overlay, RunsComparison, Screen};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
@@ -73,6 +73,8 @@ pub enum Context {
     /// Dashboard and comparison: run controls.
     Run,
     Dashboard,
+    /// The side-by-side comparison of marked past runs.
+    Compare,
     Prompt,
     Confirm,
     Overlay,
@@ -85,6 +87,7 @@ impl Context {
             Context::Menu => "Preset menu",
             Context::Run => "Run (dashboard and comparison)",
             Context::Dashboard => "Dashboard",
+            Context::Compare => "Comparing runs",
             Context::Prompt => "Typing a temperature",
             Context::Confirm => "Questions",
             Context::Overlay => "Help and error screens",
@@ -104,6 +107,11 @@ pub enum Action {
     Down,
     SwitchPane,
     Select,
+    /// Mark / unmark the highlighted past run for the side-by-side comparison.
+    ToggleMark,
+    /// Open the side-by-side comparison of the marked runs.
+    CompareMarked,
+    CloseCompare,
     Back,
     PauseResume,
     TempUp,
@@ -178,8 +186,24 @@ pub const BINDINGS: &[Binding] = &[
         &[K::Enter],
         "Enter",
         Action::Select,
-        "start preset / open past run",
+        "start preset / open run(s)",
         Some("start"),
+        C::Menu,
+    ),
+    b(
+        &[K::Char('m'), K::Char(' ')],
+        "m/space",
+        Action::ToggleMark,
+        "mark past run to compare",
+        Some("mark"),
+        C::Menu,
+    ),
+    b(
+        &[K::Char('c')],
+        "c",
+        Action::CompareMarked,
+        "compare marked runs",
+        Some("compare"),
         C::Menu,
     ),
     b(
@@ -277,6 +301,14 @@ pub const BINDINGS: &[Binding] = &[
         "close past run / to menu",
         None,
         C::Dashboard,
+    ),
+    b(
+        &[K::Esc],
+        "Esc",
+        Action::CloseCompare,
+        "close the runs comparison",
+        Some("close"),
+        C::Compare,
     ),
     b(
         &[K::Tab],
@@ -387,6 +419,21 @@ pub enum Effect {
 }
 
 pub const T_STEP: f64 = 0.5;
+/// What controls say while watching a run that no process writes.
+pub const WATCH_STALLED: &str =
+    "no process is writing this run (finished, stopped or crashed): controls cannot reach it";
+
+/// Compares the marked past runs (their summaries from the menu's list).
+fn open_compare(state: &mut AppState) {
+    let runs = state
+        .menu
+        .marked_runs()
+        .into_iter()
+        .map(|r| (r.id.clone(), r.summary.clone()))
+        .collect();
+    state.compare = Some(RunsComparison::new(runs));
+    state.screen = Screen::Comparison;
+}
 pub const ALPHA_STEP: f64 = 0.1;
 
 /// Contexts that take keys now, most specific first.
@@ -399,6 +446,7 @@ pub fn active_contexts(state: &AppState) -> Vec<Context> {
         None => match state.screen {
             Screen::Menu => vec![C::Menu, C::Global],
             Screen::Dashboard => vec![C::Dashboard, C::Run, C::Global],
+            Screen::Comparison if state.compare.is_some() => vec![C::Compare, C::Run, C::Global],
             Screen::Comparison => vec![C::Run, C::Global],
         },
     }
@@ -461,15 +509,18 @@ pub fn apply_action(state: &mut AppState, action: Action, key: &KeyEvent) -> Vec
             state.screen = Screen::ALL[j];
         }
         Action::Quit => {
-            if state.live_running() {
+            // Watching: leave the other process's run alone.
+            if state.watch.is_some() {
+                state.should_quit = true;
+            } else if state.live_running() {
                 state.overlay = Some(Overlay::Confirm(ConfirmKind::Quit));
             } else {
                 state.should_quit = true;
             }
         }
         Action::Interrupt => {
-            // A second Ctrl-C while stopping leaves at once.
-            if state.live_running() && !state.quit_after_stop {
+            // A second Ctrl-C while stopping leaves at once; a watcher just detaches.
+            if state.live_running() && !state.quit_after_stop && state.watch.is_none() {
                 fx.push(Effect::Control(Control::Stop));
                 state.quit_after_stop = true;
                 state.overlay = Some(Overlay::Busy(
@@ -525,11 +576,35 @@ pub fn apply_action(state: &mut AppState, action: Action, key: &KeyEvent) -> Vec
                 }
             }
             MenuFocus::Runs => {
-                if state.menu.run_sel < state.menu.runs.len() {
+                if state.menu.marked_runs().len() >= 2 {
+                    open_compare(state);
+                } else if state.menu.run_sel < state.menu.runs.len() {
                     fx.push(Effect::OpenRun(state.menu.run_sel));
                 }
             }
         },
+        Action::ToggleMark => match state.menu.runs.get(state.menu.run_sel) {
+            Some(r) if state.menu.focus == MenuFocus::Runs => {
+                let id = r.id.clone();
+                if state.menu.is_marked(&id) {
+                    state.menu.marked.retain(|m| *m != id);
+                } else {
+                    state.menu.marked.push(id);
+                }
+            }
+            _ => state.flash = Some("marks are for past runs: → to the list first".into()),
+        },
+        Action::CompareMarked => {
+            if state.menu.marked_runs().len() >= 2 {
+                open_compare(state);
+            } else {
+                state.flash = Some("mark two or more past runs (m) to compare them".into());
+            }
+        }
+        Action::CloseCompare => {
+            state.compare = None;
+            state.screen = Screen::Menu;
+        }
         Action::Back => {
             if state.past.take().is_none() {
                 state.screen = Screen::Menu;
@@ -541,6 +616,10 @@ pub fn apply_action(state: &mut AppState, action: Action, key: &KeyEvent) -> Vec
         | Action::TempDown
         | Action::AlphaDown
         | Action::AlphaUp => {
+            if state.watch_stalled() {
+                state.flash = Some(WATCH_STALLED.into());
+                return fx;
+            }
             let Some(run) = state.run.as_mut().filter(|r| r.is_running()) else {
                 state.flash = Some("no run is going".into());
                 return fx;
@@ -579,7 +658,9 @@ pub fn apply_action(state: &mut AppState, action: Action, key: &KeyEvent) -> Vec
             fx.push(Effect::Control(control));
         }
         Action::TempPrompt => {
-            if state.live_running() {
+            if state.watch_stalled() {
+                state.flash = Some(WATCH_STALLED.into());
+            } else if state.live_running() {
                 state.overlay = Some(Overlay::TemperaturePrompt {
                     buffer: String::new(),
                     error: None,
@@ -589,7 +670,9 @@ pub fn apply_action(state: &mut AppState, action: Action, key: &KeyEvent) -> Vec
             }
         }
         Action::Stop => {
-            if state.live_running() {
+            if state.watch_stalled() {
+                state.flash = Some(WATCH_STALLED.into());
+            } else if state.live_running() {
                 state.overlay = Some(Overlay::Confirm(ConfirmKind::Stop));
             } else {
                 state.flash = Some("no run is going".into());

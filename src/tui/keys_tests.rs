@@ -5,8 +5,8 @@ use selfdistill::store::RunInfo;
 use selfdistill::train::events::Control;
 use selfdistill::train::summary::RunSummary;
 
-use super::fixtures::{scripted_run, state_with_run};
-use super::keys::{lookup, reduce, Action, Context, Effect, BINDINGS};
+use super::fixtures::{past_run, scripted_run, state_with_run, watch_state};
+use super::keys::{lookup, reduce, Action, Context, Effect, BINDINGS, WATCH_STALLED};
 use super::state::{AppState, ConfirmKind, MenuFocus, Overlay, Screen};
 use super::theme::Theme;
 
@@ -46,6 +46,12 @@ fn in_context(ctx: Context) -> AppState {
         Context::Global | Context::Run => {}
         Context::Dashboard => s.log_scroll = 1,
         Context::Menu => s.screen = Screen::Menu,
+        Context::Compare => {
+            s.menu.marked = vec!["a".into(), "b".into()];
+            s.screen = Screen::Menu;
+            reduce(&mut s, ch('c'));
+            assert_eq!(s.screen, Screen::Comparison);
+        }
         Context::Prompt => {
             s.overlay = Some(Overlay::TemperaturePrompt {
                 buffer: "3".into(),
@@ -345,4 +351,113 @@ fn hint_bar_comes_from_the_binding_table() {
             "{label}"
         );
     }
+}
+
+fn menu_with_two_runs() -> AppState {
+    let mut s = AppState::new(super::fixtures::menu(), Theme::default());
+    s.menu.runs = vec![
+        past_run("20260101-000512-quick", 0.0111, 2.0),
+        past_run("20260101-000000-quick", 0.0, 1.0),
+    ];
+    s
+}
+
+#[test]
+fn marking_runs_and_opening_their_comparison() {
+    let mut s = menu_with_two_runs();
+    // Marks belong to the past-runs list.
+    assert!(reduce(&mut s, ch('m')).is_empty());
+    assert!(s.menu.marked.is_empty());
+    assert!(s.flash.as_deref().unwrap().contains("past runs"));
+    reduce(&mut s, code(KeyCode::Right));
+    assert_eq!(s.menu.focus, MenuFocus::Runs);
+    reduce(&mut s, ch('m'));
+    assert_eq!(s.menu.marked, vec!["20260101-000512-quick".to_string()]);
+    // One marked run: c explains, Enter opens the highlighted run.
+    reduce(&mut s, ch('c'));
+    assert!(s.flash.as_deref().unwrap().contains("two or more"));
+    assert!(s.compare.is_none());
+    reduce(&mut s, code(KeyCode::Down));
+    assert_eq!(
+        reduce(&mut s, code(KeyCode::Enter)),
+        vec![Effect::OpenRun(1)]
+    );
+    // Space marks too, and toggles.
+    reduce(&mut s, ch(' '));
+    reduce(&mut s, ch(' '));
+    assert_eq!(s.menu.marked.len(), 1);
+    reduce(&mut s, ch(' '));
+    assert_eq!(s.menu.marked.len(), 2);
+    assert!(reduce(&mut s, code(KeyCode::Enter)).is_empty());
+    assert_eq!(s.screen, Screen::Comparison);
+    let cmp = s.compare.as_ref().expect("comparison open");
+    let labels: Vec<&str> = cmp.runs.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        vec!["000512-quick", "000000-quick"],
+        "marking order"
+    );
+    // The hint bar offers to close it; Esc does.
+    assert!(super::keys::hints(&s).contains(&("Esc", "close")));
+    reduce(&mut s, code(KeyCode::Esc));
+    assert!(s.compare.is_none());
+    assert_eq!(s.screen, Screen::Menu);
+    // c opens it again from the menu.
+    reduce(&mut s, ch('c'));
+    assert!(s.compare.is_some());
+    assert_eq!(s.screen, Screen::Comparison);
+}
+
+#[test]
+fn menu_hints_offer_marking_and_comparing() {
+    let s = menu_with_two_runs();
+    let hints = super::keys::hints(&s);
+    assert!(hints.contains(&("m/space", "mark")), "{hints:?}");
+    assert!(hints.contains(&("c", "compare")), "{hints:?}");
+}
+
+#[test]
+fn a_watcher_quits_without_asking_and_ctrl_c_sends_nothing() {
+    let mut s = watch_state(&scripted_run(false), true);
+    assert!(s.live_running());
+    assert!(reduce(&mut s, ch('q')).is_empty());
+    assert!(s.should_quit && s.overlay.is_none());
+
+    let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    let mut s = watch_state(&scripted_run(false), true);
+    assert!(reduce(&mut s, ctrl_c).is_empty());
+    assert!(s.should_quit && !s.quit_after_stop);
+}
+
+#[test]
+fn a_watcher_controls_the_run_like_a_local_one_while_its_writer_lives() {
+    let mut s = watch_state(&scripted_run(false), true);
+    assert_eq!(
+        reduce(&mut s, ch('p')),
+        vec![Effect::Control(Control::Pause)]
+    );
+    assert_eq!(
+        reduce(&mut s, ch('+')),
+        vec![Effect::Control(Control::SetTemperature(4.5))]
+    );
+    reduce(&mut s, ch('s'));
+    assert_eq!(s.overlay, Some(Overlay::Confirm(ConfirmKind::Stop)));
+    assert_eq!(
+        reduce(&mut s, ch('y')),
+        vec![Effect::Control(Control::Stop)]
+    );
+    assert!(!s.should_quit, "stopping does not detach");
+
+    // The writer is gone: every control says why instead of sending.
+    let mut s = watch_state(&scripted_run(false), false);
+    for c in ['p', '+', '-', 'a', 'A', 's', 'T'] {
+        assert!(reduce(&mut s, ch(c)).is_empty(), "{c}");
+        assert_eq!(s.flash.as_deref(), Some(WATCH_STALLED), "{c}");
+        assert_eq!(s.overlay, None);
+    }
+    // A pending stop question goes when the writer does.
+    let mut s = watch_state(&scripted_run(false), true);
+    reduce(&mut s, ch('s'));
+    s.set_writer_live(false, std::time::Instant::now());
+    assert_eq!(s.overlay, None);
 }

@@ -12,7 +12,7 @@ pub mod state;
 pub mod terminal;
 pub mod theme;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,8 +24,8 @@ use selfdistill::store;
 use selfdistill::train::events::RunStatus;
 use selfdistill::train::{prepare, PreparedRun, RunOptions};
 
-use app::{App, Launcher, LoopConfig, RunLink};
-use state::{AppState, MenuState, RunView, Screen};
+use app::{App, Launcher, LoopConfig, Remote, RunLink};
+use state::{AppState, MenuState, RunView, Screen, WatchInfo};
 use theme::{LineMarker, Theme};
 
 /// Dashboard settings from the command line.
@@ -58,6 +58,39 @@ pub fn open_run(opts: UiOptions, prepared: PreparedRun) -> Result<ExitCode> {
     open(opts, Some(prepared))
 }
 
+/// `selfdistill watch`: the dashboard on a run another process writes (or wrote).
+/// Controls go through the run's control file; quitting detaches.
+pub fn open_watch(opts: UiOptions, run_dir: PathBuf) -> Result<ExitCode> {
+    let mut follower = store::follow::EventFollower::new(&run_dir);
+    let history = follower.poll()?;
+    let live = store::is_live(&run_dir);
+    let run_id = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| run_dir.display().to_string());
+    let mut state = new_state(&opts);
+    state.run = Some(RunView::watched(
+        run_id.clone(),
+        &history,
+        live,
+        Instant::now(),
+    ));
+    state.watch = Some(WatchInfo {
+        run_id,
+        dir: run_dir.clone(),
+        writer_live: live,
+    });
+    state.screen = Screen::Dashboard;
+    let link = Remote::follow(run_dir, follower, live);
+    run_loop(opts, state, Some(link))
+}
+
+fn new_state(opts: &UiOptions) -> AppState {
+    let dir = runs_dir(&opts.run);
+    let menu = MenuState::new(preset::list_all(), store::list_runs(&dir), dir);
+    AppState::new(menu, Theme::from_env(opts.marker))
+}
+
 fn runs_dir(opts: &RunOptions) -> std::path::PathBuf {
     opts.runs_dir
         .clone()
@@ -65,9 +98,7 @@ fn runs_dir(opts: &RunOptions) -> std::path::PathBuf {
 }
 
 fn open(opts: UiOptions, prepared: Option<PreparedRun>) -> Result<ExitCode> {
-    let dir = runs_dir(&opts.run);
-    let menu = MenuState::new(preset::list_all(), store::list_runs(&dir), dir);
-    let mut state = AppState::new(menu, Theme::from_env(opts.marker));
+    let mut state = new_state(&opts);
     let link = prepared.map(|p| {
         let name = p.preset.name.clone();
         if let Some(i) = state.menu.presets.iter().position(|e| e.name == name) {
@@ -77,7 +108,11 @@ fn open(opts: UiOptions, prepared: Option<PreparedRun>) -> Result<ExitCode> {
         state.screen = Screen::Dashboard;
         RunLink::from(p.spawn())
     });
+    run_loop(opts, state, link)
+}
 
+/// Owns the terminal while the event loop runs; restores it whatever happens.
+fn run_loop(opts: UiOptions, state: AppState, link: Option<RunLink>) -> Result<ExitCode> {
     let (tx, inputs) = crossbeam_channel::unbounded();
     // Outside raw mode (or from `kill -INT`) Ctrl-C is a signal: same path as the key.
     let signal_tx = tx.clone();
@@ -103,17 +138,26 @@ fn open(opts: UiOptions, prepared: Option<PreparedRun>) -> Result<ExitCode> {
         app.stats.clone(),
         ui_thread_cpu().zip(cpu_before).map(|(a, b)| a - b),
     );
+    let watching = app.state.watch.is_some();
     let status = app.state.run.as_ref().and_then(|r| r.status);
     let link = app.link.take();
     drop(app);
+    // Stop reading keys before the shell gets the terminal back, so that nothing typed
+    // after the screen is restored is swallowed.
     stop_input.store(true, Ordering::Relaxed);
-    drop(guard);
     let _ = reader.join();
     // Quitting while the trainer still writes its checkpoint: let it finish (briefly).
-    if let Some(thread) = link.and_then(|mut l| {
-        let _ = l.controls.send(selfdistill::train::events::Control::Stop);
-        l.thread.take()
-    }) {
+    // A watcher has no trainer thread here (its follower stops with the link): the
+    // other process's run goes on.
+    let trainer = link.and_then(|mut l| {
+        let thread = l.thread.take()?;
+        let _ = l
+            .controls
+            .deliver(selfdistill::train::events::Control::Stop);
+        Some(thread)
+    });
+    drop(guard);
+    if let Some(thread) = trainer {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -124,7 +168,8 @@ fn open(opts: UiOptions, prepared: Option<PreparedRun>) -> Result<ExitCode> {
     }
     result?;
     Ok(match status {
-        Some(RunStatus::Failed) => ExitCode::FAILURE,
+        // Detaching from a failed run is not a failure of `watch`.
+        Some(RunStatus::Failed) if !watching => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     })
 }
@@ -161,3 +206,5 @@ mod app_tests;
 mod fixtures;
 #[cfg(test)]
 mod keys_tests;
+#[cfg(test)]
+mod state_tests;

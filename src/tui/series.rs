@@ -74,6 +74,22 @@ impl Series {
         out
     }
 
+    /// Drops the newest points right of `x` (a resumed job redoes them). It stops at the
+    /// first point that is not left of the one dropped after it: that point belongs to an
+    /// earlier job, even when it lies further right (another seed).
+    pub fn truncate_tail_after(&mut self, x: f64) {
+        let mut prev = f64::INFINITY;
+        if self.acc.2 > 0 {
+            let ax = self.acc.0 / self.acc.2 as f64;
+            if ax <= x {
+                return;
+            }
+            prev = ax;
+            self.acc = (0.0, 0.0, 0);
+        }
+        pop_tail_after(&mut self.points, x, prev, |p| p.0);
+    }
+
     #[cfg(test)]
     pub fn stored(&self) -> &[(f64, f64)] {
         &self.points
@@ -90,6 +106,20 @@ impl Series {
     #[cfg(test)]
     pub fn stride(&self) -> usize {
         self.stride
+    }
+}
+
+/// Pops trailing items whose x is right of `x`, while x keeps decreasing from the end
+/// (`prev`: the x of an item already dropped after them, else infinity).
+pub fn pop_tail_after<T>(items: &mut Vec<T>, x: f64, mut prev: f64, x_of: impl Fn(&T) -> f64) {
+    while let Some(last) = items.last() {
+        let lx = x_of(last);
+        if lx > x && lx < prev {
+            prev = lx;
+            items.pop();
+        } else {
+            break;
+        }
     }
 }
 

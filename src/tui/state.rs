@@ -12,7 +12,7 @@ use selfdistill::train::events::{
 };
 use selfdistill::train::summary::RunSummary;
 
-use super::series::{Ema, Series};
+use super::series::{pop_tail_after, Ema, Series};
 use super::theme::Theme;
 
 /// Lines kept in the event log.
@@ -70,6 +70,8 @@ pub struct MenuState {
     pub focus: MenuFocus,
     pub preset_sel: usize,
     pub run_sel: usize,
+    /// Ids of past runs marked for the side-by-side comparison, in marking order.
+    pub marked: Vec<String>,
 }
 
 impl MenuState {
@@ -81,7 +83,20 @@ impl MenuState {
             focus: MenuFocus::Presets,
             preset_sel: 0,
             run_sel: 0,
+            marked: Vec::new(),
         }
+    }
+
+    pub fn is_marked(&self, id: &str) -> bool {
+        self.marked.iter().any(|m| m == id)
+    }
+
+    /// Marked runs still in the list, in marking order.
+    pub fn marked_runs(&self) -> Vec<&RunInfo> {
+        self.marked
+            .iter()
+            .filter_map(|id| self.runs.iter().find(|r| &r.id == id))
+            .collect()
     }
 
     pub fn origin_label(entry: &PresetEntry) -> &'static str {
@@ -195,6 +210,11 @@ pub struct RunView {
     pub clock: RunClock,
     pub events_seen: u64,
     pub steps_coalesced: u64,
+    /// Seconds into the current job at its latest evaluation (for a watcher's clock).
+    pub job_elapsed_s: f64,
+    /// Watching another process's run that no process writes any more (finished,
+    /// stopped or crashed): nothing will come, so it is not "running" whatever the log says.
+    pub stalled: bool,
 }
 
 impl RunView {
@@ -221,8 +241,53 @@ impl RunView {
         v
     }
 
+    /// Another process's run, rebuilt from the events it has logged so far. The clock
+    /// starts from the recorded training time (the replayed events all arrive `now`).
+    pub fn watched(
+        title: impl Into<String>,
+        events: &[TrainEvent],
+        writer_live: bool,
+        now: Instant,
+    ) -> RunView {
+        let mut v = RunView::live(title);
+        for ev in events {
+            v.apply(ev, now);
+        }
+        if v.status.is_some_and(|s| s != RunStatus::Running) {
+            v.clock.recorded_s = Some(v.summary.wall_s);
+        } else if v.clock.started.is_some() {
+            let done: f64 = v.summary.generations.iter().map(|g| g.wall_s).sum();
+            let so_far = Duration::from_secs_f64((done + v.job_elapsed_s).max(0.0));
+            v.clock.started = Some(now.checked_sub(so_far).unwrap_or(now));
+        }
+        v.set_stalled(!writer_live, now);
+        v
+    }
+
+    /// A watched run's writer went away (or came back, e.g. `selfdistill resume`).
+    pub fn set_stalled(&mut self, stalled: bool, now: Instant) {
+        if stalled == self.stalled {
+            return;
+        }
+        self.stalled = stalled;
+        if stalled {
+            if self.clock.recorded_s.is_none() && self.clock.started.is_some() {
+                self.clock.recorded_s = Some(self.clock.elapsed(now).as_secs_f64());
+            }
+            self.requested_pause = None;
+            self.requested_t = None;
+            self.requested_alpha = None;
+        } else if self.status.is_none_or(|s| s == RunStatus::Running) {
+            if let Some(s) = self.clock.recorded_s.take() {
+                let d = Duration::from_secs_f64(s.max(0.0));
+                self.clock.started = Some(now.checked_sub(d).unwrap_or(now));
+                self.clock.ended = None;
+            }
+        }
+    }
+
     pub fn is_running(&self) -> bool {
-        self.plan.is_some() && self.status.is_none_or(|s| s == RunStatus::Running)
+        self.plan.is_some() && self.status.is_none_or(|s| s == RunStatus::Running) && !self.stalled
     }
 
     fn epochs(&self) -> f64 {
@@ -306,6 +371,7 @@ impl RunView {
                 self.teacher_source = Some(*teacher);
                 self.step = 0;
                 self.epoch = 1;
+                self.job_elapsed_s = 0.0;
                 if key.generation > 1 {
                     let x = self.x_of_epoch(*key, 0.0);
                     if !self.boundaries.contains(&x) {
@@ -344,6 +410,7 @@ impl RunView {
             }
             TrainEvent::Eval(e) => {
                 let x = self.x_of_epoch(e.key, e.epoch);
+                self.job_elapsed_s = e.elapsed_s;
                 let c = self.curves(e.key.method);
                 c.val.push((x, e.val_acc));
                 c.test.push((x, e.test_acc));
@@ -422,8 +489,18 @@ impl RunView {
                 );
             }
             TrainEvent::Resumed { key, step } => {
+                self.supersede(*key, *step);
                 self.current = Some(*key);
                 self.step = *step;
+                self.status = None;
+                self.error = None;
+                self.stop_requested = false;
+                self.paused = false;
+                self.requested_pause = None;
+                self.requested_t = None;
+                self.requested_alpha = None;
+                self.clock.ended = None;
+                self.clock.paused_since = None;
                 self.log(LogKind::Info, format!("[{key}] resumed after step {step}"));
             }
             TrainEvent::GenerationFinished(g) => {
@@ -466,6 +543,27 @@ impl RunView {
                 self.error = Some(message.clone());
                 self.log(LogKind::Error, format!("error: {message}"));
             }
+        }
+    }
+
+    /// A resume redoes `key` after `step`: drop what the interrupted process drew past
+    /// it. `key` is the newest job, so its points are the tail of its method's curves
+    /// (and of the control markers).
+    fn supersede(&mut self, key: JobKey, step: u64) {
+        let cut = self.x_of_step(key, step) + 1e-9;
+        if let Some(c) = self.curves.get_mut(&key.method) {
+            c.loss.truncate_tail_after(cut);
+            c.loss_ema.truncate_tail_after(cut);
+            for pts in [&mut c.val, &mut c.test, &mut c.teacher] {
+                pop_tail_after(pts, cut, f64::INFINITY, |p| p.0);
+            }
+        }
+        for marks in [
+            &mut self.t_changes,
+            &mut self.alpha_changes,
+            &mut self.pauses,
+        ] {
+            pop_tail_after(marks, cut, f64::INFINITY, |m| m.x);
         }
     }
 
@@ -544,6 +642,11 @@ pub struct AppState {
     pub flash: Option<String>,
     /// Quit once the live run has stopped.
     pub quit_after_stop: bool,
+    /// `selfdistill watch`: the live run is another process's, controls go to its
+    /// control file, and quitting detaches.
+    pub watch: Option<WatchInfo>,
+    /// Past runs side by side (replaces the one-run comparison until closed).
+    pub compare: Option<RunsComparison>,
     pub should_quit: bool,
     pub theme: Theme,
     pub now: Instant,
@@ -562,6 +665,8 @@ impl AppState {
             log_scroll: 0,
             flash: None,
             quit_after_stop: false,
+            watch: None,
+            compare: None,
             should_quit: false,
             theme,
             now: Instant::now(),
@@ -577,6 +682,23 @@ impl AppState {
         self.run.as_ref().is_some_and(|r| r.is_running())
     }
 
+    /// Watching a run that no process writes now: controls cannot reach anyone.
+    pub fn watch_stalled(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| !w.writer_live)
+    }
+
+    /// The follower saw the watched run's writer come or go.
+    pub fn set_writer_live(&mut self, live: bool, now: Instant) {
+        let Some(w) = self.watch.as_mut() else { return };
+        w.writer_live = live;
+        if let Some(run) = self.run.as_mut() {
+            run.set_stalled(!live, now);
+        }
+        if !live && matches!(self.overlay, Some(Overlay::Confirm(ConfirmKind::Stop))) {
+            self.overlay = None;
+        }
+    }
+
     /// Applies a trainer event of the live run; errors open the error screen.
     pub fn apply(&mut self, ev: &TrainEvent) {
         let now = Instant::now();
@@ -588,6 +710,11 @@ impl AppState {
         run.apply(ev, now);
         if let TrainEvent::Error { message } = ev {
             self.overlay = Some(Overlay::Error(format!("Training failed: {message}")));
+        }
+        if matches!(ev, TrainEvent::Resumed { .. })
+            && matches!(&self.overlay, Some(Overlay::Error(m)) if m.starts_with("Training failed"))
+        {
+            self.overlay = None;
         }
         if matches!(ev, TrainEvent::Finished { .. }) {
             if matches!(
@@ -601,4 +728,90 @@ impl AppState {
             }
         }
     }
+}
+
+/// What `selfdistill watch` attached to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchInfo {
+    pub run_id: String,
+    pub dir: PathBuf,
+    /// A process holds the run's writer lock (polled about once a second).
+    pub writer_live: bool,
+}
+
+/// One run of a side-by-side comparison.
+#[derive(Debug, Clone)]
+pub struct ComparedRun {
+    /// Short, unique among the compared runs: the end of the run id.
+    pub label: String,
+    pub summary: RunSummary,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunsComparison {
+    pub runs: Vec<ComparedRun>,
+}
+
+/// Longest label kept whole; longer ones keep their end.
+pub const LABEL_MAX: usize = 14;
+
+impl RunsComparison {
+    pub fn new(runs: Vec<(String, RunSummary)>) -> RunsComparison {
+        let ids: Vec<String> = runs.iter().map(|r| r.0.clone()).collect();
+        let labels = short_labels(&ids);
+        RunsComparison {
+            runs: runs
+                .into_iter()
+                .zip(labels)
+                .map(|((_, summary), label)| ComparedRun { label, summary })
+                .collect(),
+        }
+    }
+}
+
+/// Run ids without the dash-separated parts they all start with (the date, when the
+/// runs are from one day). Longer than `LABEL_MAX`, they are cut at the end, or else at
+/// the start, whichever keeps them apart.
+pub fn short_labels(ids: &[String]) -> Vec<String> {
+    let parts: Vec<Vec<&str>> = ids.iter().map(|id| id.split('-').collect()).collect();
+    let mut common = 0;
+    if ids.len() > 1 {
+        'outer: while let Some(first) = parts[0].get(common) {
+            for p in &parts {
+                // Keep at least one part of every id.
+                if p.len() <= common + 1 || p[common] != *first {
+                    break 'outer;
+                }
+            }
+            common += 1;
+        }
+    }
+    let full: Vec<String> = parts.iter().map(|p| p[common..].join("-")).collect();
+    let cut = |keep_start: bool| -> Vec<String> {
+        full.iter()
+            .map(|l| {
+                let n = l.chars().count();
+                if n <= LABEL_MAX {
+                    l.clone()
+                } else if keep_start {
+                    let head: String = l.chars().take(LABEL_MAX - 1).collect();
+                    format!("{head}…")
+                } else {
+                    let tail: String = l.chars().skip(n - (LABEL_MAX - 1)).collect();
+                    format!("…{tail}")
+                }
+            })
+            .collect()
+    };
+    let distinct = |labels: &[String]| {
+        let set: std::collections::BTreeSet<&String> = labels.iter().collect();
+        set.len() == labels.len()
+    };
+    for keep_start in [false, true] {
+        let labels = cut(keep_start);
+        if distinct(&labels) {
+            return labels;
+        }
+    }
+    (1..=ids.len()).map(|i| format!("run {i}")).collect()
 }

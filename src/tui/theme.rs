@@ -14,7 +14,7 @@ pub enum LineMarker {
 }
 
 impl LineMarker {
-    fn marker(self) -> Marker {
+    pub fn marker(self) -> Marker {
         match self {
             LineMarker::Braille => Marker::Braille,
             LineMarker::Dot => Marker::Dot,

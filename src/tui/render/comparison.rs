@@ -12,9 +12,13 @@ use selfdistill::train::events::Method;
 
 use super::curves::{acc_bounds, datasets, Series};
 use super::fmt_duration;
-use crate::tui::state::{AppState, RunView};
+use crate::tui::state::{AppState, RunView, RunsComparison};
 
 pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
+    if let Some(cmp) = &state.compare {
+        render_runs(frame, area, state, cmp);
+        return;
+    }
     let Some(run) = state.shown() else {
         frame.render_widget(
             Paragraph::new("\n  No run yet: the comparison fills in as generations finish."),
@@ -211,4 +215,178 @@ fn render_chart(frame: &mut Frame, area: Rect, state: &AppState, run: &RunView) 
         .legend_position(Some(LegendPosition::BottomRight))
         .hidden_legend_constraints((Constraint::Percentage(70), Constraint::Percentage(80)));
     frame.render_widget(chart, area);
+}
+
+/// Marked past runs side by side: one row per (method, generation, run), then the
+/// accuracy-vs-cumulative-time chart with one line per (run, method).
+fn render_runs(frame: &mut Frame, area: Rect, state: &AppState, cmp: &RunsComparison) {
+    let t = &state.theme;
+    let mut rows: Vec<(usize, selfdistill::train::summary::ComparisonRow)> = cmp
+        .runs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.summary.comparison().into_iter().map(move |row| (i, row)))
+        .collect();
+    rows.sort_by_key(|(i, r)| (r.method, r.generation, *i));
+    let multi_seed = rows.iter().any(|(_, r)| r.seeds > 1);
+    let table_h = (rows.len() as u16 + 3).clamp(4, area.height.saturating_sub(8).max(4));
+    let [table, best, chart] = Layout::vertical([
+        Constraint::Length(table_h),
+        Constraint::Length(1),
+        Constraint::Min(6),
+    ])
+    .areas(area);
+
+    let header = Row::new([
+        "run",
+        "method",
+        "gen",
+        "best val",
+        "test",
+        "epochs",
+        "wall",
+        "cumulative",
+    ])
+    .style(t.title());
+    let body: Vec<Row> = rows
+        .iter()
+        .map(|(i, r)| {
+            let best = if multi_seed {
+                format!(
+                    "{:.2}±{:.2}%",
+                    100.0 * r.best_val_acc,
+                    100.0 * r.best_val_std
+                )
+            } else {
+                format!("{:.2}%", 100.0 * r.best_val_acc)
+            };
+            Row::new(vec![
+                Span::raw(cmp.runs[*i].label.clone()),
+                Span::styled(r.method.name(), t.method(r.method)),
+                Span::raw(r.generation.to_string()),
+                Span::raw(best),
+                Span::raw(format!("{:.2}%", 100.0 * r.test_acc)),
+                Span::raw(format!("{:.1}", r.epochs)),
+                Span::raw(format!("{:.1}s", r.wall_s)),
+                Span::raw(format!("{:.1}s", r.cumulative_s)),
+            ])
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(crate::tui::state::LABEL_MAX as u16),
+        Constraint::Length(12),
+        Constraint::Length(3),
+        Constraint::Length(if multi_seed { 14 } else { 8 }),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(10),
+    ];
+    let title = format!(
+        " {} runs side by side (test = at best validation; Esc closes) ",
+        cmp.runs.len()
+    );
+    frame.render_widget(
+        Table::new(body, widths)
+            .header(header)
+            .block(Block::bordered().title(title).border_style(t.dim())),
+        table,
+    );
+
+    // Each run's best generation, in one line.
+    let mut spans = vec![Span::styled(" best:", t.dim())];
+    for r in &cmp.runs {
+        let top = r
+            .summary
+            .generations
+            .iter()
+            .max_by(|a, b| a.best_val_acc.total_cmp(&b.best_val_acc));
+        let text = match top {
+            Some(g) => format!(
+                " {} {} g{} {:.2}% ·",
+                r.label,
+                g.key.method,
+                g.key.generation,
+                100.0 * g.best_val_acc
+            ),
+            None => format!(" {} none finished ·", r.label),
+        };
+        spans.push(Span::raw(text));
+    }
+    if let Some(Span { content, .. }) = spans.last_mut() {
+        *content = content.trim_end_matches(" ·").to_string().into();
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), best);
+
+    // One line per (run, method): method colour, a marker per run.
+    let run_markers = [
+        t.line.marker(),
+        Marker::Dot,
+        Marker::HalfBlock,
+        Marker::Block,
+    ];
+    let mut series: Vec<Series> = Vec::new();
+    for (i, r) in cmp.runs.iter().enumerate() {
+        let first_seed = r.summary.evals.first().map(|e| e.key.seed);
+        let mut per_method: BTreeMap<Method, Vec<(f64, f64)>> = BTreeMap::new();
+        for e in r
+            .summary
+            .evals
+            .iter()
+            .filter(|e| Some(e.key.seed) == first_seed)
+        {
+            per_method
+                .entry(e.key.method)
+                .or_default()
+                .push((e.cumulative_s, e.val_acc));
+        }
+        for (m, pts) in per_method {
+            series.push(Series {
+                name: Some(format!("{} {}", r.label, m.name())),
+                style: t.method(m),
+                marker: run_markers[i % run_markers.len()],
+                kind: ratatui::widgets::GraphType::Line,
+                points: pts,
+            });
+        }
+    }
+    let x_max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(1.0_f64, f64::max);
+    let values: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .collect();
+    let (lo, hi) = acc_bounds(values.iter());
+    let pct = |v: f64| format!("{:.0}%", 100.0 * v);
+    let c = Chart::new(datasets(&series))
+        .block(
+            Block::bordered()
+                .title(" Validation accuracy vs cumulative wall time, per run and method ")
+                .border_style(t.dim()),
+        )
+        .x_axis(
+            Axis::default()
+                .bounds([0.0, x_max])
+                .labels(vec![
+                    Span::raw("0s"),
+                    Span::raw(fmt_duration(x_max / 2.0)),
+                    Span::raw(fmt_duration(x_max)),
+                ])
+                .style(t.dim()),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([lo, hi])
+                .labels(vec![
+                    Span::raw(pct(lo)),
+                    Span::raw(pct((lo + hi) / 2.0)),
+                    Span::raw(pct(hi)),
+                ])
+                .style(t.dim()),
+        )
+        .legend_position(Some(LegendPosition::BottomRight))
+        .hidden_legend_constraints((Constraint::Percentage(70), Constraint::Percentage(90)));
+    frame.render_widget(c, chart);
 }

@@ -18,12 +18,17 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
         return;
     };
     let log_rows = if area.height >= 36 { 9 } else { 5 };
-    let [head, charts, events] = Layout::vertical([
+    let watch_rows = u16::from(state.watch.is_some() && state.past.is_none());
+    let [watch, head, charts, events] = Layout::vertical([
+        Constraint::Length(watch_rows),
         Constraint::Length(3),
         Constraint::Min(8),
         Constraint::Length(log_rows),
     ])
     .areas(area);
+    if watch_rows > 0 {
+        progress::render_watch(frame, watch, state, run);
+    }
     progress::render(frame, head, state, run);
     let [loss, acc] = Layout::horizontal([Constraint::Percentage(50); 2]).areas(charts);
     curves::render_loss(frame, loss, state, run);

@@ -16,14 +16,27 @@ const COLUMNS: [&[Context]; 2] = [
         Context::Prompt,
         Context::Confirm,
         Context::Overlay,
+        Context::Compare,
     ],
 ];
 
-pub fn lines(state: &AppState, contexts: &[Context], label_w: usize) -> Vec<Line<'static>> {
+/// The help of `contexts`, with a blank line between them when `height` allows.
+pub fn lines(
+    state: &AppState,
+    contexts: &[Context],
+    label_w: usize,
+    height: usize,
+) -> Vec<Line<'static>> {
     let t = &state.theme;
     let mut out = Vec::new();
+    let needed: usize = contexts
+        .iter()
+        .map(|c| 1 + BINDINGS.iter().filter(|b| b.context == *c).count())
+        .sum::<usize>()
+        + contexts.len().saturating_sub(1);
+    let gaps = needed <= height;
     for (i, c) in contexts.iter().enumerate() {
-        if i > 0 {
+        if i > 0 && gaps {
             out.push(Line::raw(""));
         }
         out.push(Line::styled(c.title(), t.title()));
@@ -49,6 +62,9 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
         .spacing(1)
         .split(inner);
     for (col, contexts) in cols.iter().zip(COLUMNS) {
-        frame.render_widget(Paragraph::new(lines(state, contexts, 9)), *col);
+        frame.render_widget(
+            Paragraph::new(lines(state, contexts, 9, col.height as usize)),
+            *col,
+        );
     }
 }

@@ -58,10 +58,22 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
         .highlight_symbol("▶ ");
     frame.render_stateful_widget(list, top, &mut ls);
 
-    let run_items: Vec<ListItem> = m.runs.iter().map(|r| ListItem::new(run_line(r))).collect();
+    let run_items: Vec<ListItem> = m
+        .runs
+        .iter()
+        .map(|r| ListItem::new(run_line(r, m.is_marked(&r.id))))
+        .collect();
     let mut rs =
         ListState::default().with_selected((m.focus == MenuFocus::Runs).then_some(m.run_sel));
-    let title = format!(" Past runs ({}) ", m.runs.len());
+    let marked = m.marked_runs().len();
+    let title = if marked > 0 {
+        format!(
+            " Past runs ({}) · {marked} marked, c compares ",
+            m.runs.len()
+        )
+    } else {
+        format!(" Past runs ({}) ", m.runs.len())
+    };
     let runs = List::new(run_items)
         .block(
             Block::bordered()
@@ -96,7 +108,7 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     };
     let title = match m.focus {
         MenuFocus::Presets => " Details · Enter starts ",
-        MenuFocus::Runs => " Run · Enter opens ",
+        MenuFocus::Runs => " Run · Enter opens · m marks to compare ",
     };
     frame.render_widget(
         Paragraph::new(details)
@@ -106,14 +118,15 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     );
 }
 
-fn run_line(r: &RunInfo) -> Line<'static> {
+fn run_line(r: &RunInfo, marked: bool) -> Line<'static> {
     let status = r
         .summary
         .status
         .map(|s| s.to_string())
         .unwrap_or_else(|| "?".into());
     // Id is "<date>-<time>-<preset>": show time and preset.
-    Line::from(format!("{} {}", r.id, status))
+    let mark = if marked { "✓ " } else { "  " };
+    Line::from(format!("{mark}{} {}", r.id, status))
 }
 
 /// Training images after the validation split, for the size estimate.

@@ -56,7 +56,9 @@ fn render_tabs(frame: &mut Frame, area: Rect, state: &AppState) {
         spans.push(Span::raw(" "));
         spans.push(Span::styled(format!(" {} ", s.title()), style));
     }
-    if let Some(run) = &state.run {
+    if let Some(w) = &state.watch {
+        spans.push(Span::styled(format!("   watching {}", w.run_id), t.title()));
+    } else if let Some(run) = &state.run {
         let status = match (run.status, run.paused) {
             (None, _) if run.plan.is_none() => "starting".to_string(),
             (None, true) | (Some(_), true) if run.is_running() => "paused".to_string(),

@@ -130,6 +130,31 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState, run: &RunView) {
     }
 }
 
+/// Watching another process's run: whether anyone writes it, and where controls go.
+pub fn render_watch(frame: &mut Frame, area: Rect, state: &AppState, run: &RunView) {
+    let t = &state.theme;
+    let Some(w) = &state.watch else { return };
+    // The tab line names the run; this one says who writes it.
+    let mut s = vec![Span::raw(" ")];
+    if w.writer_live {
+        s.push(Span::styled("writer: live", t.good()));
+        s.push(Span::styled(
+            " · controls go through control.jsonl · q detaches, the run goes on",
+            t.dim(),
+        ));
+    } else {
+        s.push(Span::styled("writer: not running", t.error()));
+        let why = match run.status {
+            Some(RunStatus::Running) | None if run.plan.is_some() => {
+                " · no process writes it (crashed or killed?): `selfdistill resume` continues it"
+            }
+            _ => " · no process writes it: showing what it recorded",
+        };
+        s.push(Span::styled(why, t.dim()));
+    }
+    frame.render_widget(Paragraph::new(Line::from(s)), area);
+}
+
 /// Compact number: 4, 4.5, 0.25.
 pub fn num(v: f64) -> String {
     let s = format!("{v:.2}");

@@ -2,7 +2,9 @@
 
 use selfdistill::train::events::{Control, Method, TrainEvent};
 
-use crate::tui::fixtures::{key, render_text, screen_contains, scripted_run, state_with_run};
+use crate::tui::fixtures::{
+    key, past_run, render_text, screen_contains, scripted_run, state_with_run, watch_state,
+};
 use crate::tui::keys::BINDINGS;
 use crate::tui::state::{AppState, Overlay, Screen};
 use crate::tui::theme::Theme;
@@ -259,4 +261,149 @@ fn past_run_view_and_empty_screens_render() {
         &render_text(&state, 120, 40),
         "teacher ← self"
     ));
+}
+
+#[test]
+fn watch_header_names_the_run_and_its_writer() {
+    for (w, h) in SIZES {
+        let state = watch_state(&scripted_run(false), true);
+        let text = dump(&render_text(&state, w, h));
+        assert!(
+            text.contains("watching 20260101-000000-quick"),
+            "{w}x{h}\n{text}"
+        );
+        assert!(text.contains("writer: live"), "{w}x{h}\n{text}");
+        assert!(text.contains("step 15/30"), "{w}x{h}\n{text}");
+        assert!(!text.contains("[past run]"), "{w}x{h}\n{text}");
+
+        let state = watch_state(&scripted_run(false), false);
+        let text = dump(&render_text(&state, w, h));
+        assert!(text.contains("writer: not running"), "{w}x{h}\n{text}");
+        assert!(text.contains("no process writes it"), "{w}x{h}\n{text}");
+        assert!(!text.contains("ETA"), "{w}x{h}: nothing will come\n{text}");
+
+        let state = watch_state(&scripted_run(true), false);
+        let text = dump(&render_text(&state, w, h));
+        assert!(
+            text.contains("FINISHED") && text.contains("showing what it recorded"),
+            "{w}x{h}\n{text}"
+        );
+        let mut state = state;
+        state.screen = Screen::Comparison;
+        let text = dump(&render_text(&state, w, h));
+        assert!(
+            text.contains("watching 20260101-000000-quick") && text.contains("76.88%"),
+            "{w}x{h}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn comparison_of_two_runs_shows_each_runs_numbers() {
+    for (w, h) in SIZES {
+        let mut state = AppState::new(crate::tui::fixtures::menu(), Theme::default());
+        state.menu.runs = vec![
+            past_run("20260101-000512-quick", 0.0111, 2.0),
+            past_run("20260101-000000-quick", 0.0, 1.0),
+        ];
+        state.menu.marked = vec![
+            "20260101-000000-quick".into(),
+            "20260101-000512-quick".into(),
+        ];
+        crate::tui::keys::reduce(
+            &mut state,
+            crossterm::event::KeyEvent::new(
+                crossterm::event::KeyCode::Char('c'),
+                crossterm::event::KeyModifiers::NONE,
+            ),
+        );
+        assert_eq!(state.screen, Screen::Comparison);
+        let lines = render_text(&state, w, h);
+        let text = dump(&lines);
+        let row = |label: &str, method: &str, gen: &str| -> String {
+            lines
+                .iter()
+                .find(|l| {
+                    let l = l.replace('│', " ");
+                    let cells: Vec<&str> = l.split_whitespace().collect();
+                    cells.windows(3).any(|c| c == [label, method, gen])
+                })
+                .unwrap_or_else(|| panic!("{w}x{h}: no row {label} {method} {gen}\n{text}"))
+                .clone()
+        };
+        // Run A (000000): the scripted numbers; run B (000512): +1.11 points, twice the time.
+        for (label, method, gen, needles) in [
+            (
+                "000000-quick",
+                "baseline",
+                "1",
+                ["70.10%", "69.50%", "3.0", "10.0s"],
+            ),
+            (
+                "000000-quick",
+                "conventional",
+                "2",
+                ["73.45%", "72.11%", "12.0s", "23.0s"],
+            ),
+            (
+                "000000-quick",
+                "self",
+                "2",
+                ["76.88%", "76.01%", "14.0s", "27.0s"],
+            ),
+            (
+                "000512-quick",
+                "baseline",
+                "1",
+                ["71.21%", "70.61%", "3.0", "20.0s"],
+            ),
+            (
+                "000512-quick",
+                "conventional",
+                "2",
+                ["74.56%", "73.22%", "24.0s", "46.0s"],
+            ),
+            (
+                "000512-quick",
+                "self",
+                "2",
+                ["77.99%", "77.12%", "28.0s", "54.0s"],
+            ),
+        ] {
+            let line = row(label, method, gen);
+            for n in needles {
+                assert!(
+                    line.contains(n),
+                    "{w}x{h}: {label} {method} g{gen} lacks {n}: {line}"
+                );
+            }
+        }
+        assert!(text.contains("2 runs side by side"), "{w}x{h}\n{text}");
+        assert!(
+            text.contains("000000-quick self g2 76.88%")
+                && text.contains("000512-quick self g2 77.99%"),
+            "{w}x{h}: best line\n{text}"
+        );
+        assert!(text.contains("per run and method"), "{w}x{h}\n{text}");
+        if h >= 40 {
+            assert!(
+                text.contains("000512-quick self"),
+                "{w}x{h}: legend\n{text}"
+            );
+        }
+        assert!(text.contains("Esc close"), "{w}x{h}: hint bar\n{text}");
+    }
+}
+
+#[test]
+fn menu_marks_runs_for_comparison() {
+    let mut state = AppState::new(crate::tui::fixtures::menu(), Theme::default());
+    state.menu.runs = vec![
+        past_run("20260101-000512-quick", 0.0111, 2.0),
+        past_run("20260101-000000-quick", 0.0, 1.0),
+    ];
+    state.menu.marked = vec!["20260101-000000-quick".into()];
+    let text = dump(&render_text(&state, 80, 24));
+    assert!(text.contains("✓ 20260101-000000-quick"), "{text}");
+    assert!(text.contains("1 marked"), "{text}");
 }

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# selfdistill vs PyTorch, same networks / batch / optimiser / threads, in alternation.
+#
+#   bench/compare.sh                      # 2 threads, batch 64,128, both nets, 3 rounds
+#   THREADS=1 BATCH=64 ROUNDS=5 bench/compare.sh
+#   BACKEND=cuda bench/compare.sh          # needs a `--features cuda` build (see gpu.sh)
+#
+# Creates bench/.venv (python3 -m venv) with a pinned torch from PyPI on first use
+# (the default Linux wheel, which also pulls NVIDIA's CUDA libraries: ~3 GB, once).
+# Output: a ratio table (selfdistill / PyTorch, median over all repetitions of all
+# rounds) and the raw JSON under $OUT (default bench/out/<date>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION="${TORCH_VERSION:-2.15.0}"
+NUMPY_VERSION="${NUMPY_VERSION:-2.4.6}"
+BACKEND="${BACKEND:-cpu}"
+THREADS="${THREADS:-2}"
+BATCH="${BATCH:-64,128}"
+MODELS="${MODELS:-cnn,resnet20}"
+CASES="${CASES:-train,train-kd,infer}"
+ROUNDS="${ROUNDS:-3}"
+STEPS="${STEPS:-5}"        # selfdistill timed steps per repetition
+PT_STEPS="${PT_STEPS:-20}" # PyTorch is faster; more steps keep its timings above noise
+REPS="${REPS:-1}"
+WARMUP="${WARMUP:-1}"
+OUT="${OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}"
+VENV="${VENV:-bench/.venv}"
+BIN="${BIN:-target/release/selfdistill}"
+
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  echo "== creating $VENV with torch==$TORCH_VERSION" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --progress-bar off "torch==$TORCH_VERSION" "numpy==$NUMPY_VERSION"
+fi
+
+if [[ -z "${NO_BUILD:-}" ]]; then
+  features=()
+  [[ "$BACKEND" == cuda ]] && features=(--features cuda)
+  cargo build --release "${features[@]}"
+fi
+
+mkdir -p "$OUT"
+common=(--backend "$BACKEND" --threads "$THREADS" --batch "$BATCH" --models "$MODELS" --cases "$CASES" --warmup "$WARMUP" --reps "$REPS")
+for r in $(seq 1 "$ROUNDS"); do
+  echo "== round $r/$ROUNDS: selfdistill" >&2
+  "$BIN" bench "${common[@]}" --steps "$STEPS" --json "$OUT/selfdistill-$r.json" >/dev/null
+  echo "== round $r/$ROUNDS: pytorch" >&2
+  "$VENV/bin/python" bench/pytorch_bench.py "${common[@]}" --steps "$PT_STEPS" --json "$OUT/pytorch-$r.json" >/dev/null
+done
+python3 bench/compare.py "$OUT" | tee "$OUT/ratios.txt"
+python3 bench/compare.py "$OUT" --markdown > "$OUT/ratios.md"
+echo "raw JSON and ratios in $OUT" >&2

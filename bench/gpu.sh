@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One command for a machine with an NVIDIA GPU: build with CUDA, benchmark selfdistill
+# (burn-cuda) against PyTorch CUDA, then train the cifar10-resnet20 preset for a few
+# epochs headless. Target: under 10 minutes on a 16-core machine.
+#
+#   bench/gpu.sh [--data-dir DIR]      # DIR holds cifar10/ (or it is downloaded there)
+#
+# Env: EPOCHS (3), GENERATIONS (preset's 3), ROUNDS (3), BATCH (64,128), RUN_TIMEOUT (300 s),
+#      SKIP_BUILD=1, SKIP_RUN=1, CUDARC_CUDA_VERSION (default: from nvidia-smi).
+# Output under bench/out/gpu-<date>/: env.txt, build.log, ratios.txt/.md + JSON, run.log.
+#
+# Status: written and checked for syntax on a machine WITHOUT a GPU; not yet run on one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA_DIR=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --data-dir) DATA_DIR="$2"; shift 2 ;;
+    *) echo "usage: $0 [--data-dir DIR]" >&2; exit 2 ;;
+  esac
+done
+DATA_DIR="${DATA_DIR:-bench/out/data}"
+OUT="${OUT:-bench/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT" "$DATA_DIR"
+start=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - start ))s] $*" >&2; }
+
+command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: no NVIDIA driver here" >&2; exit 1; }
+nvidia-smi | tee "$OUT/env.txt"
+# cudarc cannot ask nvcc (none needed); give it the driver's highest CUDA version:
+# "CUDA Version: 13.0" -> 13000, "12.8" -> 12080.
+if [[ -z "${CUDARC_CUDA_VERSION:-}" ]]; then
+  v=$(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9]*\)\.\([0-9]*\).*/\1 \2/p' | head -1)
+  [[ -n "$v" ]] || { echo "cannot read the CUDA version from nvidia-smi; set CUDARC_CUDA_VERSION" >&2; exit 1; }
+  read -r major minor <<<"$v"
+  export CUDARC_CUDA_VERSION=$(( major * 1000 + minor * 10 ))
+fi
+{ echo "CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION"; nproc; grep -m1 'model name' /proc/cpuinfo; } | tee -a "$OUT/env.txt"
+
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+  stamp "cargo build --release --features cuda"
+  cargo build --release --features cuda 2>&1 | tail -n 3 | tee "$OUT/build.log"
+fi
+
+stamp "benchmark: selfdistill (cuda) vs PyTorch (cuda), alternating"
+BACKEND=cuda NO_BUILD=1 THREADS="$(nproc)" BATCH="${BATCH:-64,128}" ROUNDS="${ROUNDS:-3}" \
+  STEPS="${STEPS:-50}" PT_STEPS="${PT_STEPS:-50}" WARMUP="${WARMUP:-5}" OUT="$OUT/bench" \
+  bench/compare.sh
+
+if [[ -z "${SKIP_RUN:-}" ]]; then
+  if ! ls "$DATA_DIR"/cifar10/* >/dev/null 2>&1; then
+    stamp "downloading CIFAR-10 into $DATA_DIR"
+    target/release/selfdistill data download cifar10 --data-dir "$DATA_DIR"
+  fi
+  preset="$OUT/cifar10-resnet20-short.toml"
+  sed -e "s/^epochs = .*/epochs = ${EPOCHS:-3}/" \
+      -e 's/^name = .*/name = "cifar10-resnet20-short"/' \
+      ${GENERATIONS:+-e "s/^generations = .*/generations = $GENERATIONS/"} \
+      presets/cifar10-resnet20.toml > "$preset"
+  stamp "training $preset headless (timeout ${RUN_TIMEOUT:-300}s)"
+  timer=()
+  [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -v)
+  set +e
+  "${timer[@]}" timeout -s INT "${RUN_TIMEOUT:-300}" target/release/selfdistill run \
+    --preset "$preset" --headless --backend cuda --data-dir "$DATA_DIR" \
+    --runs-dir "$OUT/runs" > "$OUT/run.log" 2> "$OUT/run.time"
+  rc=$?
+  set -e
+  tail -n 15 "$OUT/run.log"
+  grep -E "Elapsed|Maximum resident" "$OUT/run.time" || true
+  stamp "run exit status $rc (124/130 = stopped by the timeout)"
+fi
+stamp "done; results in $OUT (copy ratios.md and run.log figures into BENCHMARKS.md)"

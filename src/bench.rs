@@ -1,0 +1,512 @@
+//! `selfdistill bench`: training and inference throughput of the crate's own networks,
+//! measured the way the trainer runs them, in a JSON shape shared with
+//! `bench/pytorch_bench.py` so that `bench/compare.sh` can put the two side by side.
+//!
+//! Cases, per network and batch size:
+//! - `train`: student forward, cross-entropy, backward, SGD step, loss and accuracy read
+//!   back to the host (the trainer's two `into_scalar` syncs per step);
+//! - `train-kd`: the same plus a frozen teacher forward on the inner (non-autodiff)
+//!   backend and the KD loss (T = 4, alpha = 0.5, the preset defaults);
+//! - `infer`: eval-mode forward on the inner backend, logits read back to the host.
+//!
+//! Inputs are seeded random tensors created on the device before timing (a pool of a
+//! few batches, cycled), so the figures are the network's cost, not the data pipeline's.
+//! Optimiser: SGD lr 0.05, momentum 0.9, dampening 0, weight decay 5e-4, as the trainer.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::distill::{correct_count, kd_loss};
+use crate::model::{Arch, ModelSpec, Net};
+use crate::train::backend::{self, BackendKind};
+
+/// Version of the JSON layout; `bench/pytorch_bench.py` writes the same.
+pub const SCHEMA: u32 = 1;
+/// KD settings of the `train-kd` case (the preset defaults).
+pub const KD_TEMPERATURE: f64 = 4.0;
+pub const KD_ALPHA: f64 = 0.5;
+/// SGD settings of every training case (the trainer's, with the presets' lr).
+pub const LR: f64 = 0.05;
+pub const MOMENTUM: f64 = 0.9;
+pub const WEIGHT_DECAY: f64 = 5e-4;
+pub const CLASSES: usize = 10;
+/// Distinct input batches cycled through during a case.
+const POOL: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchModel {
+    /// Three conv-BN-ReLU stages 32/64/128, global pool, linear (the reference net).
+    Cnn,
+    /// CIFAR ResNet-20, stages 16/32/64.
+    Resnet20,
+}
+
+impl BenchModel {
+    pub const ALL: [BenchModel; 2] = [BenchModel::Cnn, BenchModel::Resnet20];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchModel::Cnn => "cnn",
+            BenchModel::Resnet20 => "resnet20",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BenchModel> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// 3x32x32 input, 10 classes.
+    pub fn spec(self) -> ModelSpec {
+        let arch = match self {
+            BenchModel::Cnn => Arch::Cnn,
+            BenchModel::Resnet20 => Arch::Resnet20,
+        };
+        ModelSpec {
+            arch,
+            width: arch.default_width(),
+            channels: 3,
+            height: 32,
+            width_px: 32,
+            num_classes: CLASSES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchCase {
+    Train,
+    TrainKd,
+    Infer,
+}
+
+impl BenchCase {
+    pub const ALL: [BenchCase; 3] = [BenchCase::Train, BenchCase::TrainKd, BenchCase::Infer];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchCase::Train => "train",
+            BenchCase::TrainKd => "train-kd",
+            BenchCase::Infer => "infer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BenchCase> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub backend: BackendKind,
+    /// Rayon (flex) threads; `None` keeps rayon's default (all cores, or RAYON_NUM_THREADS).
+    pub threads: Option<usize>,
+    pub batches: Vec<usize>,
+    pub models: Vec<BenchModel>,
+    pub cases: Vec<BenchCase>,
+    /// Timed steps per repetition.
+    pub steps: usize,
+    /// Untimed steps before the first repetition of each case.
+    pub warmup: usize,
+    pub reps: usize,
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            backend: BackendKind::Cpu,
+            threads: None,
+            batches: vec![64, 128],
+            models: BenchModel::ALL.to_vec(),
+            cases: BenchCase::ALL.to_vec(),
+            steps: 10,
+            warmup: 2,
+            reps: 3,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub logical_cpus: usize,
+    pub os: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            cpu,
+            logical_cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+}
+
+/// One (model, case, batch): the median over repetitions and every repetition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub case: String,
+    pub batch: usize,
+    pub steps_per_s: f64,
+    pub images_per_s: f64,
+    pub reps_steps_per_s: Vec<f64>,
+    /// Training loss of the last step (training cases only): a sanity check, not a metric.
+    pub last_loss: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub schema: u32,
+    /// "selfdistill" or "pytorch".
+    pub framework: String,
+    /// e.g. "selfdistill 0.1.0 (burn 0.21.0, flex)" or "torch 2.15.0".
+    pub version: String,
+    /// "cpu" or "cuda".
+    pub backend: String,
+    /// Compute threads actually in use (rayon pool size / torch.get_num_threads()).
+    pub threads: usize,
+    pub machine: Machine,
+    /// RFC 3339, UTC.
+    pub date: String,
+    pub steps: usize,
+    pub warmup: usize,
+    pub reps: usize,
+    pub results: Vec<BenchResult>,
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Sizes the global rayon pool (used by flex). The pool can be built once per process;
+/// later calls (tests running several benches) keep the first size. Returns the size in use.
+pub fn set_threads(threads: Option<usize>) -> usize {
+    if let Some(n) = threads {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    rayon::current_num_threads()
+}
+
+/// Runs every requested case; `progress` receives one line per finished case.
+pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&BenchResult)) -> Result<BenchReport> {
+    if opts.steps == 0 || opts.reps == 0 {
+        bail!("--steps and --reps must be at least 1");
+    }
+    if opts.batches.is_empty() || opts.batches.contains(&0) {
+        bail!("--batch needs one or more sizes of at least 1");
+    }
+    if opts.models.is_empty() || opts.cases.is_empty() {
+        bail!("nothing to measure: give at least one model and one case");
+    }
+    backend::check_available(opts.backend)?;
+    let threads = set_threads(opts.threads);
+    let results = match opts.backend {
+        BackendKind::Cpu => {
+            use burn::backend::{flex::FlexDevice, Autodiff, Flex};
+            run_on::<Autodiff<Flex>>(&FlexDevice, opts, &mut progress)
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
+            run_on::<Autodiff<Cuda>>(&CudaDevice::new(0), opts, &mut progress)
+        }
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => unreachable!("check_available rejects cuda without the feature"),
+    };
+    let backend_note = match opts.backend {
+        BackendKind::Cpu => "flex",
+        BackendKind::Cuda => "cuda",
+    };
+    Ok(BenchReport {
+        schema: SCHEMA,
+        framework: "selfdistill".into(),
+        version: format!(
+            "selfdistill {} (burn 0.21.0, {backend_note})",
+            env!("CARGO_PKG_VERSION")
+        ),
+        backend: opts.backend.name().into(),
+        threads,
+        machine: Machine::detect(),
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        steps: opts.steps,
+        warmup: opts.warmup,
+        reps: opts.reps,
+        results,
+    })
+}
+
+fn run_on<B: AutodiffBackend>(
+    device: &B::Device,
+    opts: &BenchOptions,
+    progress: &mut impl FnMut(&BenchResult),
+) -> Vec<BenchResult> {
+    let mut out = Vec::new();
+    for &model in &opts.models {
+        for &batch in &opts.batches {
+            for &case in &opts.cases {
+                let r = run_case::<B>(device, opts, model, case, batch);
+                progress(&r);
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// The trainer's optimiser at its presets' settings.
+pub fn optimizer_config() -> SgdConfig {
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(MOMENTUM)
+                .with_dampening(0.0),
+        ))
+        .with_weight_decay(Some(WeightDecayConfig::new(WEIGHT_DECAY as f32)))
+}
+
+/// Seeded host inputs: `POOL` batches of uniform [-1, 1) images and uniform labels.
+pub fn synthetic_batches(batch: usize, seed: u64) -> Vec<(Vec<f32>, Vec<i64>)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..POOL)
+        .map(|_| {
+            let x = (0..batch * 3 * 32 * 32)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let y = (0..batch)
+                .map(|_| rng.random_range(0..CLASSES as i64))
+                .collect();
+            (x, y)
+        })
+        .collect()
+}
+
+fn run_case<B: AutodiffBackend>(
+    device: &B::Device,
+    opts: &BenchOptions,
+    model: BenchModel,
+    case: BenchCase,
+    batch: usize,
+) -> BenchResult {
+    let spec = model.spec();
+    let inputs: Vec<(Tensor<B, 4>, Tensor<B, 1, Int>)> =
+        synthetic_batches(batch, opts.seed ^ 0xbe_4c4)
+            .into_iter()
+            .map(|(x, y)| {
+                (
+                    Tensor::from_data(TensorData::new(x, [batch, 3, 32, 32]), device),
+                    Tensor::from_data(TensorData::new(y, [batch]), device),
+                )
+            })
+            .collect();
+    let mut student: Net<B> = spec.init_seeded::<B>(device, opts.seed);
+    let teacher: Option<Net<B::InnerBackend>> =
+        (case == BenchCase::TrainKd).then(|| spec.init_seeded::<B>(device, opts.seed + 1).valid());
+    let mut optim = optimizer_config().init::<B, Net<B>>();
+    let eval_net = (case == BenchCase::Infer).then(|| student.valid());
+    let mut last_loss = None;
+    let mut i = 0usize;
+    let reps = {
+        let mut step = |student: Net<B>| -> Net<B> {
+            let (x, y) = inputs[i % POOL].clone();
+            i += 1;
+            match &eval_net {
+                Some(net) => {
+                    let logits = net.forward(x.inner());
+                    let _ = logits.into_data();
+                    student
+                }
+                None => {
+                    let logits = student.forward(x.clone());
+                    let teacher_logits = teacher
+                        .as_ref()
+                        .map(|t| Tensor::<B, 2>::from_inner(t.forward(x.inner())));
+                    let loss = kd_loss(
+                        logits.clone(),
+                        teacher_logits,
+                        y.clone(),
+                        KD_TEMPERATURE,
+                        KD_ALPHA,
+                    );
+                    let correct = correct_count(logits.inner(), y.inner());
+                    let grads = GradientsParams::from_grads(loss.backward(), &student);
+                    let student = optim.step(LR, student, grads);
+                    last_loss = Some(loss.into_scalar().elem::<f64>());
+                    let _ = correct.into_scalar().elem::<i64>();
+                    student
+                }
+            }
+        };
+        for _ in 0..opts.warmup {
+            student = step(student);
+        }
+        let mut reps = Vec::with_capacity(opts.reps);
+        for _ in 0..opts.reps {
+            let start = Instant::now();
+            for _ in 0..opts.steps {
+                student = step(student);
+            }
+            reps.push(opts.steps as f64 / start.elapsed().as_secs_f64());
+        }
+        reps
+    };
+    let steps_per_s = median(&reps);
+    BenchResult {
+        model: model.name().into(),
+        case: case.name().into(),
+        batch,
+        steps_per_s,
+        images_per_s: steps_per_s * batch as f64,
+        reps_steps_per_s: reps,
+        last_loss,
+    }
+}
+
+/// Training-mode batch norm over `[n, c, h, w]` (biased batch variance, no running
+/// statistics), written so that every broadcast hits one of flex's SIMD patterns: the
+/// per-channel terms are materialised as `[n, c, 1]` (n*c floats) against `x` viewed as
+/// `[n, c, h*w]`, and the statistics reduce contiguous dimensions only. burn-nn's
+/// `BatchNorm` broadcasts `[1, c, 1, 1]` and reshapes a `swap_dims` view, both of which
+/// fall back to flex's scalar `StridedIter` (the profile's top entry). Same result as
+/// `BatchNorm::forward` in training mode (see tests/bench.rs); a proposal for
+/// src/model, measured there.
+pub fn batch_norm_train_fast<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let x3 = x.reshape([n, c, h * w]);
+    let mean = x3.clone().mean_dim(2).mean_dim(0).repeat_dim(0, n);
+    let centered = x3 - mean;
+    let var = centered.clone().powi_scalar(2).mean_dim(2).mean_dim(0);
+    let scale =
+        (var.add_scalar(epsilon).sqrt().recip() * gamma.reshape([1, c, 1])).repeat_dim(0, n);
+    let shift = beta.reshape([1, c, 1]).repeat_dim(0, n);
+    (centered * scale + shift).reshape([n, c, h, w])
+}
+
+/// The table printed by `selfdistill bench`.
+pub fn table(report: &BenchReport) -> String {
+    let mut s = format!(
+        "{} · backend {} · {} threads · {} ({} logical CPUs) · {}\n{} timed steps x {} reps (median), {} warm-up\n",
+        report.version,
+        report.backend,
+        report.threads,
+        report.machine.cpu,
+        report.machine.logical_cpus,
+        report.date,
+        report.steps,
+        report.reps,
+        report.warmup
+    );
+    s.push_str(&format!(
+        "{:<10} {:<9} {:>6} {:>10} {:>10}  {}\n",
+        "model", "case", "batch", "steps/s", "images/s", "reps (steps/s)"
+    ));
+    for r in &report.results {
+        s.push_str(&result_line(r));
+        s.push('\n');
+    }
+    s
+}
+
+pub fn result_line(r: &BenchResult) -> String {
+    let reps: Vec<String> = r
+        .reps_steps_per_s
+        .iter()
+        .map(|v| format!("{v:.3}"))
+        .collect();
+    format!(
+        "{:<10} {:<9} {:>6} {:>10.3} {:>10.1}  {}",
+        r.model,
+        r.case,
+        r.batch,
+        r.steps_per_s,
+        r.images_per_s,
+        reps.join(" ")
+    )
+}
+
+/// Parses a comma-separated list with `parse`, naming the bad item.
+pub fn parse_list<T>(s: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| parse(p).with_context(|| format!("unknown {what} {p:?}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn lists_parse_and_name_bad_items() {
+        assert_eq!(
+            parse_list("cnn, resnet20", "model", BenchModel::parse).unwrap(),
+            vec![BenchModel::Cnn, BenchModel::Resnet20]
+        );
+        let e = parse_list("cnn,vgg", "model", BenchModel::parse).unwrap_err();
+        assert!(e.to_string().contains("\"vgg\""), "{e}");
+        assert_eq!(
+            parse_list("train-kd", "case", BenchCase::parse).unwrap(),
+            vec![BenchCase::TrainKd]
+        );
+    }
+
+    #[test]
+    fn synthetic_batches_are_seeded() {
+        let a = synthetic_batches(2, 7);
+        assert_eq!(a, synthetic_batches(2, 7));
+        assert_ne!(a, synthetic_batches(2, 8));
+        assert_eq!(a[0].0.len(), 2 * 3 * 32 * 32);
+        assert!(a[0].1.iter().all(|&y| (0..CLASSES as i64).contains(&y)));
+    }
+}

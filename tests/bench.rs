@@ -1,0 +1,184 @@
+//! `selfdistill bench` runs and writes the JSON that bench/compare.py reads. No timing
+//! assertions: benchmarks are measured by bench/compare.sh, not by CI.
+
+use std::process::Command;
+
+use selfdistill::bench::{BenchReport, SCHEMA};
+
+fn selfdistill(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_selfdistill"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bench_runs_every_case_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let (code, stdout, stderr) = selfdistill(&[
+        "bench",
+        "--threads",
+        "1",
+        "--batch",
+        "2,3",
+        "--models",
+        "cnn,resnet20",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--reps",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("steps/s"), "{stdout}");
+    let report: BenchReport =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.schema, SCHEMA);
+    assert_eq!(report.framework, "selfdistill");
+    assert_eq!(report.backend, "cpu");
+    assert_eq!(report.threads, 1);
+    assert_eq!((report.steps, report.warmup, report.reps), (2, 1, 2));
+    // 2 models x 2 batches x 3 cases, in that nesting order.
+    assert_eq!(report.results.len(), 12);
+    let first = &report.results[0];
+    assert_eq!(
+        (first.model.as_str(), first.case.as_str(), first.batch),
+        ("cnn", "train", 2)
+    );
+    for r in &report.results {
+        assert_eq!(r.reps_steps_per_s.len(), 2, "{r:?}");
+        assert!(r.steps_per_s.is_finite() && r.steps_per_s > 0.0, "{r:?}");
+        assert!((r.images_per_s - r.steps_per_s * r.batch as f64).abs() < 1e-6 * r.images_per_s);
+        match r.case.as_str() {
+            "infer" => assert!(r.last_loss.is_none(), "{r:?}"),
+            _ => assert!(r.last_loss.is_some_and(f64::is_finite), "{r:?}"),
+        }
+    }
+    assert!(report
+        .results
+        .iter()
+        .any(|r| r.model == "resnet20" && r.case == "train-kd"));
+}
+
+#[test]
+fn bench_rejects_unknown_names() {
+    let (code, _, stderr) = selfdistill(&["bench", "--models", "vgg", "--steps", "1"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unknown model \"vgg\""), "{stderr}");
+    let (code, _, stderr) = selfdistill(&["bench", "--cases", "eval", "--steps", "1"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unknown case \"eval\""), "{stderr}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn bench_on_cuda_without_the_feature_is_a_clear_error() {
+    let (code, _, stderr) = selfdistill(&["bench", "--backend", "cuda", "--steps", "1"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--features cuda"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The PyTorch script shares the schema: its field names must stay those of `BenchReport`.
+#[test]
+fn pytorch_script_writes_the_same_fields() {
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bench/pytorch_bench.py"
+    ))
+    .unwrap();
+    for field in [
+        "\"schema\"",
+        "\"framework\"",
+        "\"version\"",
+        "\"backend\"",
+        "\"threads\"",
+        "\"machine\"",
+        "\"date\"",
+        "\"steps\"",
+        "\"warmup\"",
+        "\"reps\"",
+        "\"results\"",
+        "\"model\"",
+        "\"case\"",
+        "\"batch\"",
+        "\"steps_per_s\"",
+        "\"images_per_s\"",
+        "\"reps_steps_per_s\"",
+        "\"last_loss\"",
+        "\"logical_cpus\"",
+    ] {
+        assert!(script.contains(field), "pytorch_bench.py lacks {field}");
+    }
+}
+
+/// The batch-norm rewrite proposed in BENCHMARKS.md gives burn-nn's training-mode
+/// result, forward and gradients. Prints both timings (run with --nocapture); no
+/// timing assertion.
+#[test]
+fn fast_batch_norm_matches_burn_and_reports_timing() {
+    use burn::backend::{flex::FlexDevice, Autodiff, Flex};
+    use burn::nn::BatchNormConfig;
+    use burn::prelude::*;
+    use burn::tensor::Distribution;
+    use selfdistill::bench::batch_norm_train_fast;
+    use std::time::Instant;
+    type A = Autodiff<Flex>;
+    let dev = FlexDevice;
+    A::seed(&dev, 3);
+    let shape = [64, 32, 32, 32];
+    let x0 = Tensor::<A, 4>::random(shape, Distribution::Normal(0.5, 2.0), &dev);
+    let bn = BatchNormConfig::new(shape[1]).init::<A>(&dev);
+    // burn-nn's BN starts at gamma = 1, beta = 0.
+    let gamma = Tensor::<A, 1>::ones([shape[1]], &dev);
+    let beta = Tensor::<A, 1>::zeros([shape[1]], &dev);
+    let weights = Tensor::<A, 4>::random(shape, Distribution::Uniform(-1.0, 1.0), &dev);
+    let run = |fast: bool| {
+        let x = x0.clone().detach().require_grad();
+        let start = Instant::now();
+        let y = if fast {
+            batch_norm_train_fast(x.clone(), gamma.clone(), beta.clone(), 1e-5)
+        } else {
+            bn.forward(x.clone())
+        };
+        let loss = (y.clone() * weights.clone()).sum();
+        let grads = loss.backward();
+        let gx = x.grad(&grads).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        (
+            y.inner().into_data().to_vec::<f32>().unwrap(),
+            gx.into_data().to_vec::<f32>().unwrap(),
+            secs,
+        )
+    };
+    // Each twice, timing the second (first calls pay for allocations).
+    let _ = (run(false), run(true));
+    let (y_ref, g_ref, t_ref) = run(false);
+    let (y_fast, g_fast, t_fast) = run(true);
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        max_diff(&y_ref, &y_fast) < 1e-4,
+        "forward {}",
+        max_diff(&y_ref, &y_fast)
+    );
+    assert!(
+        max_diff(&g_ref, &g_fast) < 1e-4,
+        "grad {}",
+        max_diff(&g_ref, &g_fast)
+    );
+    println!("batch norm fwd+bwd {shape:?}: burn-nn {t_ref:.3}s, rewrite {t_fast:.3}s");
+}
