@@ -429,3 +429,45 @@ fn watch_follows_and_steers_a_headless_run_then_detaches() {
         "{err}"
     );
 }
+
+#[test]
+fn trainer_panic_shows_an_error_screen_and_the_terminal_comes_back() {
+    let runs = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let tmux = Tmux::start(&[
+        ("SELFDISTILL_RUNS_DIR", runs.path()),
+        ("SELFDISTILL_CONFIG_DIR", config.path()),
+    ]);
+    tmux.wait_for("the shell prompt", Duration::from_secs(20), |s| {
+        s.contains('$')
+    });
+    tmux.type_text(&format!(
+        "{}=30 {BIN} run --preset quick",
+        selfdistill::train::FAULT_PANIC_ENV
+    ));
+    tmux.key("Enter");
+    let s = tmux.wait_for("the error screen", Duration::from_secs(90), |s| {
+        s.contains("fault injected")
+    });
+    assert!(s.contains("panicked"), "{s}");
+    tmux.type_text("q");
+    // Whatever the dashboard asks on the way out, answer yes.
+    std::thread::sleep(Duration::from_millis(500));
+    if tmux.screen().contains("y yes") {
+        tmux.type_text("y");
+    }
+    tmux.wait_for("the shell prompt back", Duration::from_secs(30), |s| {
+        !s.contains("fault injected")
+    });
+    tmux.type_text("echo done-$((40+2))");
+    tmux.key("Enter");
+    tmux.wait_for("the shell to answer", Duration::from_secs(20), |s| {
+        s.contains("done-42")
+    });
+    let dirs: Vec<_> = std::fs::read_dir(runs.path()).unwrap().flatten().collect();
+    assert_eq!(dirs.len(), 1, "one run folder");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["status"], "failed");
+}
