@@ -13,6 +13,7 @@ use selfdistill::train::events::Method;
 use super::curves::{acc_bounds, datasets, Series};
 use super::fmt_duration;
 use crate::tui::state::{AppState, RunView, RunsComparison};
+use crate::tui::Theme;
 
 pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     if let Some(cmp) = &state.compare {
@@ -185,35 +186,14 @@ fn render_chart(frame: &mut Frame, area: Rect, state: &AppState, run: &RunView) 
         });
     }
     let (lo, hi) = acc_bounds(values.iter());
-    let pct = |v: f64| format!("{:.0}%", 100.0 * v);
-    let chart = Chart::new(datasets(&series))
-        .block(
-            Block::bordered()
-                .title(" Validation accuracy vs cumulative wall time ")
-                .border_style(t.dim()),
-        )
-        .x_axis(
-            Axis::default()
-                .bounds([0.0, x_max])
-                .labels(vec![
-                    Span::raw("0s"),
-                    Span::raw(fmt_duration(x_max / 2.0)),
-                    Span::raw(fmt_duration(x_max)),
-                ])
-                .style(t.dim()),
-        )
-        .y_axis(
-            Axis::default()
-                .bounds([lo, hi])
-                .labels(vec![
-                    Span::raw(pct(lo)),
-                    Span::raw(pct((lo + hi) / 2.0)),
-                    Span::raw(pct(hi)),
-                ])
-                .style(t.dim()),
-        )
-        .legend_position(Some(LegendPosition::BottomRight))
-        .hidden_legend_constraints((Constraint::Percentage(70), Constraint::Percentage(80)));
+    let chart = time_chart(
+        datasets(&series),
+        " Validation accuracy vs cumulative wall time ",
+        x_max,
+        (lo, hi),
+        80,
+        t,
+    );
     frame.render_widget(chart, area);
 }
 
@@ -359,13 +339,29 @@ fn render_runs(frame: &mut Frame, area: Rect, state: &AppState, cmp: &RunsCompar
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .collect();
     let (lo, hi) = acc_bounds(values.iter());
+    let c = time_chart(
+        datasets(&series),
+        " Validation accuracy vs cumulative wall time, per run and method ",
+        x_max,
+        (lo, hi),
+        90,
+        t,
+    );
+    frame.render_widget(c, chart);
+}
+
+/// Accuracy (y, as percent) against cumulative wall time (x, seconds from 0).
+fn time_chart<'a>(
+    datasets: Vec<ratatui::widgets::Dataset<'a>>,
+    title: &'a str,
+    x_max: f64,
+    (lo, hi): (f64, f64),
+    legend_height_pct: u16,
+    t: &Theme,
+) -> Chart<'a> {
     let pct = |v: f64| format!("{:.0}%", 100.0 * v);
-    let c = Chart::new(datasets(&series))
-        .block(
-            Block::bordered()
-                .title(" Validation accuracy vs cumulative wall time, per run and method ")
-                .border_style(t.dim()),
-        )
+    Chart::new(datasets)
+        .block(Block::bordered().title(title).border_style(t.dim()))
         .x_axis(
             Axis::default()
                 .bounds([0.0, x_max])
@@ -387,6 +383,8 @@ fn render_runs(frame: &mut Frame, area: Rect, state: &AppState, cmp: &RunsCompar
                 .style(t.dim()),
         )
         .legend_position(Some(LegendPosition::BottomRight))
-        .hidden_legend_constraints((Constraint::Percentage(70), Constraint::Percentage(90)));
-    frame.render_widget(c, chart);
+        .hidden_legend_constraints((
+            Constraint::Percentage(70),
+            Constraint::Percentage(legend_height_pct),
+        ))
 }
