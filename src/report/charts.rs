@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -127,6 +128,39 @@ fn draw<DB: DrawingBackend>(
     }
 }
 
+type Axes<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The frame every chart shares: caption, margins, grid, axis descriptions and ticks.
+fn axes<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<Axes<'a, DB>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 26))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 18))
+        .bold_line_style(GRID_COLOR)
+        .light_line_style(WHITE)
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .draw()
+        .map_err(drawing)?;
+    Ok(chart)
+}
+
 fn title(run: &RunData, what: &str) -> String {
     match &run.summary.plan {
         Some(p) => format!("{what} · {} · {} · {}", p.preset, p.dataset, p.model),
@@ -224,25 +258,14 @@ fn accuracy<DB: DrawingBackend>(run: &RunData, root: &DrawingArea<DB, Shift>) ->
     let generations = max_generation(run);
     let x1 = (generations as f64 * per_gen).max(1e-3);
 
-    let mut chart = ChartBuilder::on(root)
-        .caption(title(run, "Accuracy"), (FONT, 26))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x1, y0..y1)
-        .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch (generations end to end)")
-        .y_desc("accuracy (%)")
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 18))
-        .bold_line_style(GRID_COLOR)
-        .light_line_style(WHITE)
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .draw()
-        .map_err(drawing)?;
+    let mut chart = axes(
+        root,
+        title(run, "Accuracy"),
+        0.0..x1,
+        y0..y1,
+        "epoch (generations end to end)",
+        "accuracy (%)",
+    )?;
 
     // Generation boundaries.
     let boundaries: Vec<f64> = (1..generations).map(|g| g as f64 * per_gen).collect();
@@ -415,29 +438,18 @@ fn loss<DB: DrawingBackend>(run: &RunData, root: &DrawingArea<DB, Shift>) -> Res
     let y1 = headroom(y0.max(0.0), y1, 0.18);
     let generations = max_generation(run);
     let x1 = generations as f64 * per_gen_steps;
-    let mut chart = ChartBuilder::on(root)
-        .caption(title(run, "Training loss"), (FONT, 26))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x1, y0.max(0.0)..y1)
-        .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .x_desc(if from_steps {
+    let mut chart = axes(
+        root,
+        title(run, "Training loss"),
+        0.0..x1,
+        y0.max(0.0)..y1,
+        if from_steps {
             "step (generations end to end; bucket means)"
         } else {
             "step (generations end to end; per evaluation)"
-        })
-        .y_desc("training loss")
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 18))
-        .bold_line_style(GRID_COLOR)
-        .light_line_style(WHITE)
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .draw()
-        .map_err(drawing)?;
+        },
+        "training loss",
+    )?;
     for g in 1..generations {
         let x = g as f64 * per_gen_steps;
         chart
@@ -494,28 +506,14 @@ fn generations<DB: DrawingBackend>(run: &RunData, root: &DrawingArea<DB, Shift>)
     let y0 = y0.max(0.0);
     let y1 = headroom(y0, y1, 0.2);
     let x1 = if x_hi > 0.0 { x_hi * 1.12 } else { 1.0 };
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            title(run, "Best validation accuracy per generation"),
-            (FONT, 26),
-        )
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x1, y0..y1)
-        .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .x_desc("cumulative wall time (s)")
-        .y_desc("best validation accuracy (%)")
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 18))
-        .bold_line_style(GRID_COLOR)
-        .light_line_style(WHITE)
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .draw()
-        .map_err(drawing)?;
+    let mut chart = axes(
+        root,
+        title(run, "Best validation accuracy per generation"),
+        0.0..x1,
+        y0..y1,
+        "cumulative wall time (s)",
+        "best validation accuracy (%)",
+    )?;
     for (method, points) in &mut by_method {
         points.sort_by_key(|p| p.2);
         let color = method_color(*method);
