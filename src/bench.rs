@@ -13,6 +13,7 @@
 //! few batches, cycled), so the figures are the network's cost, not the data pipeline's.
 //! Optimiser: SGD lr 0.05, momentum 0.9, dampening 0, weight decay 5e-4, as the trainer.
 
+use crate::model::TrainBackend;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -21,7 +22,6 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -274,7 +274,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&BenchResult)) -> Resul
     })
 }
 
-fn run_on<B: AutodiffBackend>(
+fn run_on<B: TrainBackend>(
     device: &B::Device,
     opts: &BenchOptions,
     progress: &mut impl FnMut(&BenchResult),
@@ -319,7 +319,7 @@ pub fn synthetic_batches(batch: usize, seed: u64) -> Vec<(Vec<f32>, Vec<i64>)> {
         .collect()
 }
 
-fn run_case<B: AutodiffBackend>(
+fn run_case<B: TrainBackend>(
     device: &B::Device,
     opts: &BenchOptions,
     model: BenchModel,

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod data;
 pub mod distill;
 pub mod headless;
+pub mod kernels;
 pub mod model;
 pub mod preset;
 pub mod report;

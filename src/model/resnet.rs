@@ -3,6 +3,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
+use super::conv::{conv2d, ConvBackend};
 use super::norm::BatchNorm2d;
 use burn::tensor::activation::relu;
 
@@ -10,20 +11,20 @@ use super::cnn::ConvBn;
 
 /// 1x1 conv + BN projection used when a block changes shape.
 #[derive(Module, Debug)]
-pub struct Projection<B: Backend> {
+pub struct Projection<B: ConvBackend> {
     conv: Conv2d<B>,
     bn: BatchNorm2d<B>,
 }
 
 /// CIFAR basic block: two 3x3 conv-BN, identity or projection shortcut.
 #[derive(Module, Debug)]
-pub struct BasicBlock<B: Backend> {
+pub struct BasicBlock<B: ConvBackend> {
     a: ConvBn<B>,
     b: ConvBn<B>,
     shortcut: Option<Projection<B>>,
 }
 
-impl<B: Backend> BasicBlock<B> {
+impl<B: ConvBackend> BasicBlock<B> {
     fn new(inp: usize, out: usize, stride: usize, device: &B::Device) -> Self {
         let shortcut = (stride != 1 || inp != out).then(|| Projection {
             conv: Conv2dConfig::new([inp, out], [1, 1])
@@ -41,7 +42,7 @@ impl<B: Backend> BasicBlock<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.shortcut {
-            Some(p) => p.bn.forward(p.conv.forward(x.clone())),
+            Some(p) => p.bn.forward(conv2d(&p.conv, x.clone())),
             None => x.clone(),
         };
         relu(self.b.forward_linear(self.a.forward(x)) + identity)
@@ -60,7 +61,7 @@ pub struct ResNetConfig {
 
 /// CIFAR-style ResNet (He et al. 2016, section 4.2).
 #[derive(Module, Debug)]
-pub struct ResNet<B: Backend> {
+pub struct ResNet<B: ConvBackend> {
     stem: ConvBn<B>,
     blocks: Vec<BasicBlock<B>>,
     pool: AdaptiveAvgPool2d,
@@ -68,7 +69,7 @@ pub struct ResNet<B: Backend> {
 }
 
 impl ResNetConfig {
-    pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
+    pub fn init<B: ConvBackend>(&self, device: &B::Device) -> ResNet<B> {
         let n = (self.depth.saturating_sub(2) / 6).max(1);
         let w = self.width;
         let mut blocks = Vec::with_capacity(3 * n);
@@ -89,7 +90,7 @@ impl ResNetConfig {
     }
 }
 
-impl<B: Backend> ResNet<B> {
+impl<B: ConvBackend> ResNet<B> {
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
     }

@@ -1,0 +1,691 @@
+//! 2-D convolution on f32 NCHW slices: im2col + one GEMM per sample, for the forward pass
+//! and for both gradients.
+//!
+//! Why this exists: Burn 0.21's flex backend computes the weight gradient as a convolution
+//! of the transposed input with the transposed output gradient. The transposes go through
+//! flex's one-element-at-a-time strided copy and the "convolution" has a kernel as large as
+//! the feature map, so the weight gradient alone was about a third of a CNN training step
+//! (see BENCHMARKS.md). Here every pass is a plain GEMM on an im2col matrix that fits in
+//! cache.
+//!
+//! Determinism: each sample is processed by one task with a single-threaded GEMM, and the
+//! weight gradient is summed over fixed chunks of [`CHUNK`] samples, then over the chunks
+//! in order, so results do not depend on the number of threads or on scheduling.
+
+use rayon::prelude::*;
+
+/// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
+/// every bit of the result, is the same whatever the thread count).
+pub const CHUNK: usize = 4;
+
+/// Shape of a convolution: groups 1, dilation 1, symmetric zero padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub pad: [usize; 2],
+}
+
+impl Conv2dShape {
+    /// Output height and width, or `None` when the kernel does not fit the padded input
+    /// or a stride is zero.
+    pub fn out_hw(&self) -> Option<[usize; 2]> {
+        let [sh, sw] = self.stride;
+        let [ph, pw] = self.pad;
+        if sh == 0 || sw == 0 || self.kh == 0 || self.kw == 0 {
+            return None;
+        }
+        let hp = self.h + 2 * ph;
+        let wp = self.w + 2 * pw;
+        if hp < self.kh || wp < self.kw {
+            return None;
+        }
+        Some([(hp - self.kh) / sh + 1, (wp - self.kw) / sw + 1])
+    }
+
+    fn dims(&self) -> Dims {
+        let [ho, wo] = self
+            .out_hw()
+            .expect("conv2d: kernel larger than padded input");
+        Dims {
+            s: *self,
+            wo,
+            k: self.c_in * self.kh * self.kw,
+            l: ho * wo,
+            x_len: self.c_in * self.h * self.w,
+        }
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.c_in * self.h * self.w
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.c_in * self.kh * self.kw
+    }
+
+    pub fn output_len(&self) -> usize {
+        let [ho, wo] = self.out_hw().unwrap_or([0, 0]);
+        self.batch * self.c_out * ho * wo
+    }
+}
+
+/// Derived sizes: `k` rows of im2col (c_in * kh * kw), `l` output positions per sample.
+#[derive(Clone, Copy)]
+struct Dims {
+    s: Conv2dShape,
+    wo: usize,
+    k: usize,
+    l: usize,
+    x_len: usize,
+}
+
+impl Dims {
+    /// 1x1, stride 1, no padding: the input plane already is the im2col matrix.
+    fn is_pointwise(&self) -> bool {
+        self.s.kh == 1 && self.s.kw == 1 && self.s.stride == [1, 1] && self.s.pad == [0, 0]
+    }
+
+    /// Output columns `ow` whose input column `ow * sw + j - pw` lies inside the image.
+    fn valid_cols(&self, j: usize) -> (usize, usize) {
+        let (sw, pw, w) = (self.s.stride[1], self.s.pad[1], self.s.w);
+        let lo = if pw > j { (pw - j).div_ceil(sw) } else { 0 };
+        let hi = if w + pw > j {
+            ((w + pw - j - 1) / sw + 1).min(self.wo)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// Input row of output row `oh` for kernel row `i`, if inside the image.
+    fn in_row(&self, oh: usize, i: usize) -> Option<usize> {
+        let ih = (oh * self.s.stride[0] + i).checked_sub(self.s.pad[0])?;
+        (ih < self.s.h).then_some(ih)
+    }
+}
+
+/// `cols[(ci, i, j), (oh, ow)] = x[ci, oh*sh + i - ph, ow*sw + j - pw]` (0 outside), for one
+/// sample `x` of shape `[c_in, h, w]`; `cols` is `[k, l]` row-major.
+fn im2col(d: &Dims, x: &[f32], cols: &mut [f32]) {
+    let Conv2dShape { h, w, kh, kw, .. } = d.s;
+    let (sw, pw) = (d.s.stride[1], d.s.pad[1]);
+    for (row, out) in cols.chunks_exact_mut(d.l).enumerate() {
+        let (ci, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        let (lo, hi) = d.valid_cols(j);
+        for (oh, out) in out.chunks_exact_mut(d.wo).enumerate() {
+            let Some(ih) = d.in_row(oh, i) else {
+                out.fill(0.0);
+                continue;
+            };
+            let src = &plane[ih * w..(ih + 1) * w];
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
+            if sw == 1 {
+                let start = lo + j - pw;
+                out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+            } else if hi > lo {
+                let start = lo * sw + j - pw;
+                match sw {
+                    2 => gather::<2>(&mut out[lo..hi], &src[start..]),
+                    _ => {
+                        for (o, v) in out[lo..hi].iter_mut().zip(src[start..].iter().step_by(sw)) {
+                            *o = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[k] = src[k * S]`. A constant stride lets the compiler drop the bounds checks and
+/// vectorise the gather (stride 2 is the downsampling convs of both networks).
+#[inline]
+fn gather<const S: usize>(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    if n == 0 {
+        return;
+    }
+    let src = &src[..(n - 1) * S + 1];
+    for (k, o) in dst.iter_mut().enumerate() {
+        *o = src[k * S];
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every column entry back onto the input position it was
+/// read from. `dx` is one sample `[c_in, h, w]` and must be zeroed by the caller.
+fn col2im_add(d: &Dims, cols: &[f32], dx: &mut [f32]) {
+    let Conv2dShape { h, w, kh, kw, .. } = d.s;
+    let (sw, pw) = (d.s.stride[1], d.s.pad[1]);
+    for (row, src_row) in cols.chunks_exact(d.l).enumerate() {
+        let (ci, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
+        let plane = &mut dx[ci * h * w..(ci + 1) * h * w];
+        let (lo, hi) = d.valid_cols(j);
+        for (oh, src) in src_row.chunks_exact(d.wo).enumerate() {
+            let Some(ih) = d.in_row(oh, i) else { continue };
+            let dst = &mut plane[ih * w..(ih + 1) * w];
+            if sw == 1 {
+                let start = lo + j - pw;
+                for (o, s) in dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                    *o += *s;
+                }
+            } else if hi > lo {
+                let start = lo * sw + j - pw;
+                for (o, v) in dst[start..].iter_mut().step_by(sw).zip(&src[lo..hi]) {
+                    *o += *v;
+                }
+            }
+        }
+    }
+}
+
+/// A row-major or transposed view for [`gemm`]: element (r, c) is `data[r*rs + c*cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        View {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    fn transposed(data: &'a [f32], cols_of_stored: usize) -> Self {
+        View {
+            data,
+            rs: 1,
+            cs: cols_of_stored,
+        }
+    }
+    /// Largest index read for an `r x c` view.
+    fn fits(&self, r: usize, c: usize) -> bool {
+        r == 0 || c == 0 || (r - 1) * self.rs + (c - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[m, n] (row-major) = (accumulate ? dst : 0) + lhs[m, k] @ rhs[k, n]`, one thread.
+fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
+    assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the asserts above bound every index gemm reads (`fits`) and writes (m*n).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Forward convolution: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`,
+/// optional `bias` `[c_out]`; returns `[batch, c_out, ho, wo]`.
+pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let d = s.dims();
+    assert_eq!(x.len(), s.input_len(), "conv2d: input length");
+    assert_eq!(weight.len(), s.weight_len(), "conv2d: weight length");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), s.c_out, "conv2d: bias length");
+    }
+    let mut y = vec![0.0f32; s.output_len()];
+    let y_len = s.c_out * d.l;
+    if y_len == 0 || d.x_len == 0 {
+        return y;
+    }
+    let scratch = if d.is_pointwise() { 0 } else { d.k * d.l };
+    y.par_chunks_mut(y_len)
+        .zip(x.par_chunks(d.x_len))
+        .for_each_init(
+            || vec![0.0f32; scratch],
+            |cols, (yn, xn)| {
+                let cols: &[f32] = if d.is_pointwise() {
+                    xn
+                } else {
+                    im2col(&d, xn, cols);
+                    cols
+                };
+                gemm(
+                    s.c_out,
+                    d.l,
+                    d.k,
+                    yn,
+                    View::rows(weight, d.k),
+                    View::rows(cols, d.l),
+                    false,
+                );
+                if let Some(b) = bias {
+                    for (plane, b) in yn.chunks_exact_mut(d.l).zip(b) {
+                        plane.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            },
+        );
+    y
+}
+
+/// Which gradients [`backward`] should compute.
+#[derive(Clone, Copy, Debug)]
+pub struct Wants {
+    pub x: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+/// Gradients of the convolution, each present when asked for.
+#[derive(Debug, Default)]
+pub struct Grads {
+    pub x: Option<Vec<f32>>,
+    pub weight: Option<Vec<f32>>,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// Gradients w.r.t. input, weight and bias given the output gradient `dy`
+/// (`[batch, c_out, ho, wo]`). Input and weight gradients share one pass over the batch.
+pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: Wants) -> Grads {
+    let d = s.dims();
+    assert_eq!(x.len(), s.input_len(), "conv2d backward: input length");
+    assert_eq!(
+        weight.len(),
+        s.weight_len(),
+        "conv2d backward: weight length"
+    );
+    assert_eq!(
+        dy.len(),
+        s.output_len(),
+        "conv2d backward: output-gradient length"
+    );
+    let y_len = s.c_out * d.l;
+    let w_len = s.weight_len();
+    let chunks = s.batch.div_ceil(CHUNK);
+
+    let mut dx = if wants.x {
+        vec![0.0f32; x.len()]
+    } else {
+        Vec::new()
+    };
+    let mut partials = if wants.weight {
+        vec![0.0f32; chunks * w_len]
+    } else {
+        Vec::new()
+    };
+
+    // One chunk of samples: weight-gradient partial into `dw`, input gradient into `dxc`.
+    let run_chunk = |c: usize, mut dxc: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
+        let pointwise = d.is_pointwise();
+        let mut cols = vec![0.0f32; if pointwise { 0 } else { d.k * d.l }];
+        let mut dcols = vec![
+            0.0f32;
+            if dxc.is_some() && !pointwise {
+                d.k * d.l
+            } else {
+                0
+            }
+        ];
+        let mut dw = dw;
+        let first = c * CHUNK;
+        let last = (first + CHUNK).min(s.batch);
+        for n in first..last {
+            let xn = &x[n * d.x_len..(n + 1) * d.x_len];
+            let dyn_ = &dy[n * y_len..(n + 1) * y_len];
+            if let Some(dw) = dw.as_deref_mut() {
+                let cols_n: &[f32] = if pointwise {
+                    xn
+                } else {
+                    im2col(&d, xn, &mut cols);
+                    &cols
+                };
+                // dW[c_out, k] += dY_n[c_out, l] @ cols_n^T[l, k]
+                gemm(
+                    s.c_out,
+                    d.k,
+                    d.l,
+                    dw,
+                    View::rows(dyn_, d.l),
+                    View::transposed(cols_n, d.l),
+                    n > first,
+                );
+            }
+            if let Some(dxc) = dxc.as_deref_mut() {
+                let dxn = &mut dxc[(n - first) * d.x_len..(n - first + 1) * d.x_len];
+                // dcols[k, l] = W^T[k, c_out] @ dY_n[c_out, l]
+                let target: &mut [f32] = if pointwise { dxn } else { &mut dcols };
+                gemm(
+                    d.k,
+                    d.l,
+                    s.c_out,
+                    target,
+                    View::transposed(weight, d.k),
+                    View::rows(dyn_, d.l),
+                    false,
+                );
+                if !pointwise {
+                    col2im_add(&d, &dcols, dxn);
+                }
+            }
+        }
+    };
+
+    let x_chunk = CHUNK * d.x_len;
+    if y_len > 0 && d.x_len > 0 {
+        match (wants.x, wants.weight) {
+            (true, true) => dx
+                .par_chunks_mut(x_chunk)
+                .zip(partials.par_chunks_mut(w_len))
+                .enumerate()
+                .for_each(|(c, (dxc, dw))| run_chunk(c, Some(dxc), Some(dw))),
+            (true, false) => dx
+                .par_chunks_mut(x_chunk)
+                .enumerate()
+                .for_each(|(c, dxc)| run_chunk(c, Some(dxc), None)),
+            (false, true) => partials
+                .par_chunks_mut(w_len)
+                .enumerate()
+                .for_each(|(c, dw)| run_chunk(c, None, Some(dw))),
+            (false, false) => {}
+        }
+    }
+
+    let weight_grad = wants.weight.then(|| {
+        let mut dw = vec![0.0f32; w_len];
+        for part in partials.chunks_exact(w_len) {
+            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        dw
+    });
+    let bias_grad = wants.bias.then(|| {
+        let mut db = vec![0.0f32; s.c_out];
+        if d.l > 0 {
+            for dyn_ in dy.chunks_exact(y_len) {
+                for (b, plane) in db.iter_mut().zip(dyn_.chunks_exact(d.l)) {
+                    *b += plane.iter().sum::<f32>();
+                }
+            }
+        }
+        db
+    });
+    Grads {
+        x: wants.x.then_some(dx),
+        weight: weight_grad,
+        bias: bias_grad,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct definition of the convolution, in f64.
+    fn naive_forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f64> {
+        let [ho, wo] = s.out_hw().unwrap();
+        let mut y = vec![0.0f64; s.output_len()];
+        for n in 0..s.batch {
+            for co in 0..s.c_out {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let mut acc = b.map_or(0.0, |b| b[co] as f64);
+                        for ci in 0..s.c_in {
+                            for i in 0..s.kh {
+                                for j in 0..s.kw {
+                                    let ih = (oh * s.stride[0] + i) as isize - s.pad[0] as isize;
+                                    let iw = (ow * s.stride[1] + j) as isize - s.pad[1] as isize;
+                                    if ih < 0 || iw < 0 || ih >= s.h as isize || iw >= s.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((n * s.c_in + ci) * s.h + ih as usize) * s.w
+                                        + iw as usize];
+                                    let wv = w[((co * s.c_in + ci) * s.kh + i) * s.kw + j];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((n * s.c_out + co) * ho + oh) * wo + ow] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Gradients by the same definition: dL/dx, dL/dw, dL/db for L = sum(y * dy).
+    fn naive_backward(s: &Conv2dShape, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
+        let [ho, wo] = s.out_hw().unwrap();
+        let mut dx = vec![0.0f64; x.len()];
+        let mut dw = vec![0.0f64; w.len()];
+        let mut db = vec![0.0f64; s.c_out];
+        for n in 0..s.batch {
+            for co in 0..s.c_out {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let g = dy[((n * s.c_out + co) * ho + oh) * wo + ow] as f64;
+                        db[co] += g;
+                        for ci in 0..s.c_in {
+                            for i in 0..s.kh {
+                                for j in 0..s.kw {
+                                    let ih = (oh * s.stride[0] + i) as isize - s.pad[0] as isize;
+                                    let iw = (ow * s.stride[1] + j) as isize - s.pad[1] as isize;
+                                    if ih < 0 || iw < 0 || ih >= s.h as isize || iw >= s.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((n * s.c_in + ci) * s.h + ih as usize) * s.w + iw as usize;
+                                    let wi = ((co * s.c_in + ci) * s.kh + i) * s.kw + j;
+                                    dx[xi] += g * w[wi] as f64;
+                                    dw[wi] += g * x[xi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [dx, dw, db]
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (idx, (g, w)) in got.iter().zip(want).enumerate() {
+            let tol = 1e-4 * (1.0 + w.abs());
+            assert!(
+                (*g as f64 - w).abs() <= tol,
+                "{what}[{idx}]: got {g}, want {w}"
+            );
+        }
+    }
+
+    fn shapes() -> Vec<Conv2dShape> {
+        let s =
+            |batch, c_in, h, w, c_out, kh, kw, stride: [usize; 2], pad: [usize; 2]| Conv2dShape {
+                batch,
+                c_in,
+                h,
+                w,
+                c_out,
+                kh,
+                kw,
+                stride,
+                pad,
+            };
+        vec![
+            s(3, 2, 7, 6, 4, 3, 3, [1, 1], [1, 1]), // the models' 3x3 "same" conv
+            s(5, 3, 8, 8, 2, 3, 3, [2, 2], [1, 1]), // stride 2, batch not a multiple of CHUNK
+            s(2, 4, 6, 5, 3, 1, 1, [2, 2], [0, 0]), // ResNet projection shortcut
+            s(6, 3, 5, 5, 4, 1, 1, [1, 1], [0, 0]), // pointwise fast path
+            s(2, 2, 5, 9, 3, 3, 2, [1, 3], [0, 2]), // asymmetric kernel, stride and padding
+            s(1, 1, 4, 4, 1, 5, 5, [1, 1], [2, 2]), // kernel as large as the padded image
+            s(9, 2, 3, 3, 2, 3, 3, [2, 1], [1, 0]),
+        ]
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        for (t, s) in shapes().iter().enumerate() {
+            let x = values(s.input_len(), 1 + t as u32);
+            let w = values(s.weight_len(), 100 + t as u32);
+            let b = values(s.c_out, 200 + t as u32);
+            assert_close(
+                &format!("{s:?} y"),
+                &forward(s, &x, &w, None),
+                &naive_forward(s, &x, &w, None),
+            );
+            assert_close(
+                &format!("{s:?} y+b"),
+                &forward(s, &x, &w, Some(&b)),
+                &naive_forward(s, &x, &w, Some(&b)),
+            );
+        }
+    }
+
+    #[test]
+    fn backward_matches_the_definition() {
+        for (t, s) in shapes().iter().enumerate() {
+            let x = values(s.input_len(), 1 + t as u32);
+            let w = values(s.weight_len(), 100 + t as u32);
+            let dy = values(s.output_len(), 300 + t as u32);
+            let [dx, dw, db] = naive_backward(s, &x, &w, &dy);
+            let all = Wants {
+                x: true,
+                weight: true,
+                bias: true,
+            };
+            let g = backward(s, &x, &w, &dy, all);
+            assert_close(&format!("{s:?} dx"), g.x.as_deref().unwrap(), &dx);
+            assert_close(&format!("{s:?} dw"), g.weight.as_deref().unwrap(), &dw);
+            assert_close(&format!("{s:?} db"), g.bias.as_deref().unwrap(), &db);
+            // Each gradient alone is the same as computed together.
+            for wants in [
+                Wants {
+                    x: true,
+                    weight: false,
+                    bias: false,
+                },
+                Wants {
+                    x: false,
+                    weight: true,
+                    bias: false,
+                },
+            ] {
+                let one = backward(s, &x, &w, &dy, wants);
+                assert_eq!(one.x.is_some(), wants.x);
+                assert_eq!(one.weight.is_some(), wants.weight);
+                assert!(one.bias.is_none());
+                if let Some(v) = one.x {
+                    assert_eq!(Some(v), g.x);
+                }
+                if let Some(v) = one.weight {
+                    assert_eq!(Some(v), g.weight);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let s = Conv2dShape {
+            batch: 13,
+            c_in: 8,
+            h: 10,
+            w: 10,
+            c_out: 16,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1, 1],
+        };
+        let x = values(s.input_len(), 7);
+        let w = values(s.weight_len(), 8);
+        let dy = values(s.output_len(), 9);
+        let all = Wants {
+            x: true,
+            weight: true,
+            bias: true,
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let g = backward(&s, &x, &w, &dy, all);
+                (forward(&s, &x, &w, None), g.x, g.weight, g.bias)
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(3));
+        assert_eq!(one, run(8));
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_reported() {
+        let s = Conv2dShape {
+            batch: 1,
+            c_in: 1,
+            h: 2,
+            w: 2,
+            c_out: 1,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [0, 0],
+        };
+        assert_eq!(s.out_hw(), None);
+        assert_eq!(
+            Conv2dShape {
+                stride: [0, 1],
+                ..s
+            }
+            .out_hw(),
+            None
+        );
+        assert_eq!(Conv2dShape { pad: [1, 1], ..s }.out_hw(), Some([2, 2]));
+    }
+}

@@ -1,0 +1,5 @@
+//! Hand-written CPU kernels for the ops where Burn's flex backend is the bottleneck
+//! (found by profiling; see BENCHMARKS.md). Plain functions on slices, checked against
+//! direct definitions here and against Burn's ops in `model::conv`.
+
+pub mod conv2d;
