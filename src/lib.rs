@@ -5,6 +5,7 @@
 //! headless printer or dashboard; controls flow back. Nothing in `train` knows about
 //! the terminal.
 
+pub mod alloc;
 pub mod bench;
 pub mod data;
 pub mod distill;

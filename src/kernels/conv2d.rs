@@ -111,77 +111,147 @@ impl Dims {
     }
 }
 
-/// `cols[(ci, i, j), (oh, ow)] = x[ci, oh*sh + i - ph, ow*sw + j - pw]` (0 outside), for one
-/// sample `x` of shape `[c_in, h, w]`; `cols` is `[k, l]` row-major.
-fn im2col(d: &Dims, x: &[f32], cols: &mut [f32]) {
-    let Conv2dShape { h, w, kh, kw, .. } = d.s;
-    let (sw, pw) = (d.s.stride[1], d.s.pad[1]);
-    for (row, out) in cols.chunks_exact_mut(d.l).enumerate() {
+/// Where the valid run of one im2col row comes from: the output columns `lo..hi` whose input
+/// column is inside the image, and the run's first index within an input row (of `x` for
+/// stride 1, of the row's column phases for larger strides; see [`split_phases`]).
+#[derive(Clone, Copy)]
+struct Run {
+    ci: usize,
+    i: usize,
+    lo: usize,
+    hi: usize,
+    offset: usize,
+}
+
+impl Dims {
+    fn run(&self, row: usize) -> Run {
+        let Conv2dShape { kh, kw, .. } = self.s;
+        let (sw, pw) = (self.s.stride[1], self.s.pad[1]);
         let (ci, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        let (lo, hi) = d.valid_cols(j);
+        let (lo, hi) = self.valid_cols(j);
+        let c0 = (lo * sw + j).saturating_sub(pw);
+        let offset = if sw == 1 {
+            c0
+        } else {
+            (c0 % sw) * self.s.w.div_ceil(sw) + c0 / sw
+        };
+        Run {
+            ci,
+            i,
+            lo,
+            hi,
+            offset,
+        }
+    }
+
+    /// [`Dims::run`] for every im2col row (the same for every sample of a call).
+    fn runs(&self) -> Vec<Run> {
+        (0..self.k).map(|row| self.run(row)).collect()
+    }
+
+    /// Length of one input row as the runs index it: `w`, or `stride * ceil(w / stride)`.
+    fn row_len(&self) -> usize {
+        let sw = self.s.stride[1];
+        sw * self.s.w.div_ceil(sw)
+    }
+}
+
+/// `cols[(ci, i, j), (oh, ow)] = x[ci, oh*sh + i - ph, ow*sw + j - pw]` (0 outside), for one
+/// sample `x` of shape `[c_in, h, w]`; `cols` is `[k, l]` row-major. `phases` is scratch
+/// for strided convolutions.
+fn im2col(d: &Dims, runs: &[Run], x: &[f32], cols: &mut [f32], phases: &mut Vec<f32>) {
+    let h = d.s.h;
+    let src = if d.s.stride[1] == 1 {
+        x
+    } else {
+        split_phases(x, d.s.c_in * h, d.s.w, d.s.stride[1], phases);
+        &phases[..]
+    };
+    let row_len = d.row_len();
+    for (run, out) in runs.iter().zip(cols.chunks_exact_mut(d.l)) {
+        let Run {
+            ci,
+            i,
+            lo,
+            hi,
+            offset,
+        } = *run;
         for (oh, out) in out.chunks_exact_mut(d.wo).enumerate() {
             let Some(ih) = d.in_row(oh, i) else {
                 out.fill(0.0);
                 continue;
             };
-            let src = &plane[ih * w..(ih + 1) * w];
             out[..lo].fill(0.0);
             out[hi..].fill(0.0);
-            if sw == 1 {
-                let start = lo + j - pw;
-                out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
-            } else if hi > lo {
-                let start = lo * sw + j - pw;
-                match sw {
-                    2 => gather::<2>(&mut out[lo..hi], &src[start..]),
-                    _ => {
-                        for (o, v) in out[lo..hi].iter_mut().zip(src[start..].iter().step_by(sw)) {
-                            *o = *v;
-                        }
-                    }
-                }
+            if hi > lo {
+                let base = (ci * h + ih) * row_len + offset;
+                out[lo..hi].copy_from_slice(&src[base..base + (hi - lo)]);
             }
         }
     }
 }
 
-/// `dst[k] = src[k * S]`. A constant stride lets the compiler drop the bounds checks and
-/// vectorise the gather (stride 2 is the downsampling convs of both networks).
-#[inline]
-fn gather<const S: usize>(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len();
-    if n == 0 {
-        return;
+/// The adjoint of [`im2col`]: adds every column entry back onto the input position it was
+/// read from. `dx` is one sample `[c_in, h, w]`.
+fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut Vec<f32>) {
+    let (h, w, sw) = (d.s.h, d.s.w, d.s.stride[1]);
+    let rows = d.s.c_in * h;
+    let row_len = d.row_len();
+    let dst: &mut [f32] = if sw == 1 {
+        dx
+    } else {
+        phases.clear();
+        phases.resize(rows * row_len, 0.0);
+        phases
+    };
+    for (run, src_row) in runs.iter().zip(cols.chunks_exact(d.l)) {
+        let Run {
+            ci,
+            i,
+            lo,
+            hi,
+            offset,
+        } = *run;
+        if hi <= lo {
+            continue;
+        }
+        for (oh, src) in src_row.chunks_exact(d.wo).enumerate() {
+            let Some(ih) = d.in_row(oh, i) else { continue };
+            let base = (ci * h + ih) * row_len + offset;
+            for (o, v) in dst[base..base + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                *o += *v;
+            }
+        }
     }
-    let src = &src[..(n - 1) * S + 1];
-    for (k, o) in dst.iter_mut().enumerate() {
-        *o = src[k * S];
+    if sw != 1 {
+        let wp = w.div_ceil(sw);
+        for (out, ph) in dx.chunks_exact_mut(w).zip(phases.chunks_exact(row_len)) {
+            for (c, o) in out.iter_mut().enumerate() {
+                *o += ph[(c % sw) * wp + c / sw];
+            }
+        }
     }
 }
 
-/// The adjoint of [`im2col`]: adds every column entry back onto the input position it was
-/// read from. `dx` is one sample `[c_in, h, w]` and must be zeroed by the caller.
-fn col2im_add(d: &Dims, cols: &[f32], dx: &mut [f32]) {
-    let Conv2dShape { h, w, kh, kw, .. } = d.s;
-    let (sw, pw) = (d.s.stride[1], d.s.pad[1]);
-    for (row, src_row) in cols.chunks_exact(d.l).enumerate() {
-        let (ci, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
-        let plane = &mut dx[ci * h * w..(ci + 1) * h * w];
-        let (lo, hi) = d.valid_cols(j);
-        for (oh, src) in src_row.chunks_exact(d.wo).enumerate() {
-            let Some(ih) = d.in_row(oh, i) else { continue };
-            let dst = &mut plane[ih * w..(ih + 1) * w];
-            if sw == 1 {
-                let start = lo + j - pw;
-                for (o, s) in dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
-                    *o += *s;
+/// Splits every row of `rows x w` values into its `stride` column phases, each padded to
+/// `ceil(w / stride)`: phase `p` of a row holds columns `p, p + stride, ...`. A strided
+/// convolution then reads (and writes back) each kernel column as one contiguous run.
+fn split_phases(x: &[f32], rows: usize, w: usize, stride: usize, out: &mut Vec<f32>) {
+    let wp = w.div_ceil(stride);
+    out.clear();
+    out.resize(rows * stride * wp, 0.0);
+    for (src, dst) in x.chunks_exact(w).zip(out.chunks_exact_mut(stride * wp)) {
+        if stride == 2 {
+            let (even, odd) = dst.split_at_mut(wp);
+            for (q, pair) in src.chunks(2).enumerate() {
+                even[q] = pair[0];
+                if let Some(v) = pair.get(1) {
+                    odd[q] = *v;
                 }
-            } else if hi > lo {
-                let start = lo * sw + j - pw;
-                for (o, v) in dst[start..].iter_mut().step_by(sw).zip(&src[lo..hi]) {
-                    *o += *v;
-                }
+            }
+        } else {
+            for (c, v) in src.iter().enumerate() {
+                dst[(c % stride) * wp + c / stride] = *v;
             }
         }
     }
@@ -216,8 +286,26 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst[m, n] (row-major) = (accumulate ? dst : 0) + lhs[m, k] @ rhs[k, n]`, one thread.
-fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
+/// How [`gemm`] stores its `m x n` result.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    RowMajor,
+    /// Column-major, i.e. the transpose stored row-major.
+    ColMajor,
+}
+
+/// `dst[m, n] = (accumulate ? dst : 0) + lhs[m, k] @ rhs[k, n]`, one thread.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    store: Store,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+) {
     assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n));
     if m == 0 || n == 0 {
         return;
@@ -228,6 +316,10 @@ fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: View, rhs: View, acc
         }
         return;
     }
+    let (dst_rs, dst_cs) = match store {
+        Store::RowMajor => (n, 1),
+        Store::ColMajor => (1, m),
+    };
     // SAFETY: the asserts above bound every index gemm reads (`fits`) and writes (m*n).
     unsafe {
         gemm::gemm(
@@ -235,8 +327,8 @@ fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: View, rhs: View, acc
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -269,15 +361,16 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
         return y;
     }
     let scratch = if d.is_pointwise() { 0 } else { d.k * d.l };
+    let runs = d.runs();
     y.par_chunks_mut(y_len)
         .zip(x.par_chunks(d.x_len))
         .for_each_init(
-            || vec![0.0f32; scratch],
-            |cols, (yn, xn)| {
+            || (vec![0.0f32; scratch], Vec::new()),
+            |(cols, phases), (yn, xn)| {
                 let cols: &[f32] = if d.is_pointwise() {
                     xn
                 } else {
-                    im2col(&d, xn, cols);
+                    im2col(&d, &runs, xn, cols, phases);
                     cols
                 };
                 gemm(
@@ -285,6 +378,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
                     d.l,
                     d.k,
                     yn,
+                    Store::RowMajor,
                     View::rows(weight, d.k),
                     View::rows(cols, d.l),
                     false,
@@ -333,6 +427,7 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
     let y_len = s.c_out * d.l;
     let w_len = s.weight_len();
     let chunks = s.batch.div_ceil(CHUNK);
+    let runs = d.runs();
 
     let mut dx = if wants.x {
         vec![0.0f32; x.len()]
@@ -349,6 +444,7 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
     let run_chunk = |c: usize, mut dxc: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
         let pointwise = d.is_pointwise();
         let mut cols = vec![0.0f32; if pointwise { 0 } else { d.k * d.l }];
+        let mut phases = Vec::new();
         let mut dcols = vec![
             0.0f32;
             if dxc.is_some() && !pointwise {
@@ -367,15 +463,17 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
                 let cols_n: &[f32] = if pointwise {
                     xn
                 } else {
-                    im2col(&d, xn, &mut cols);
+                    im2col(&d, &runs, xn, &mut cols, &mut phases);
                     &cols
                 };
-                // dW[c_out, k] += dY_n[c_out, l] @ cols_n^T[l, k]
+                // dW[c_out, k] += dY_n[c_out, l] @ cols_n^T[l, k], stored transposed: then
+                // gemm packs the small dY_n instead of the whole im2col matrix.
                 gemm(
                     s.c_out,
                     d.k,
                     d.l,
                     dw,
+                    Store::ColMajor,
                     View::rows(dyn_, d.l),
                     View::transposed(cols_n, d.l),
                     n > first,
@@ -390,12 +488,13 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
                     d.l,
                     s.c_out,
                     target,
+                    Store::RowMajor,
                     View::transposed(weight, d.k),
                     View::rows(dyn_, d.l),
                     false,
                 );
                 if !pointwise {
-                    col2im_add(&d, &dcols, dxn);
+                    col2im_add(&d, &runs, &dcols, dxn, &mut phases);
                 }
             }
         }
@@ -422,9 +521,16 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
     }
 
     let weight_grad = wants.weight.then(|| {
-        let mut dw = vec![0.0f32; w_len];
+        // Partials hold dW^T ([k, c_out]); sum them in chunk order, then transpose.
+        let mut dw_t = vec![0.0f32; w_len];
         for part in partials.chunks_exact(w_len) {
-            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            dw_t.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        let mut dw = vec![0.0f32; w_len];
+        for (kk, row) in dw_t.chunks_exact(s.c_out).enumerate() {
+            for (co, v) in row.iter().enumerate() {
+                dw[co * d.k + kk] = *v;
+            }
         }
         dw
     });

@@ -2,4 +2,5 @@
 //! (found by profiling; see BENCHMARKS.md). Plain functions on slices, checked against
 //! direct definitions here and against Burn's ops in `model::conv`.
 
+pub mod batch_norm;
 pub mod conv2d;

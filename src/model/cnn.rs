@@ -3,18 +3,18 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
-use super::conv::{conv2d, ConvBackend};
 use super::norm::BatchNorm2d;
+use super::ops::{conv2d, KernelBackend};
 use burn::tensor::activation::relu;
 
 /// Conv3x3 (no bias, BN follows) + BatchNorm + ReLU.
 #[derive(Module, Debug)]
-pub struct ConvBn<B: ConvBackend> {
+pub struct ConvBn<B: KernelBackend> {
     conv: Conv2d<B>,
     bn: BatchNorm2d<B>,
 }
 
-impl<B: ConvBackend> ConvBn<B> {
+impl<B: KernelBackend> ConvBn<B> {
     pub fn new(inp: usize, out: usize, stride: usize, device: &B::Device) -> Self {
         ConvBn {
             conv: Conv2dConfig::new([inp, out], [3, 3])
@@ -47,7 +47,7 @@ pub struct CnnConfig {
 /// The "small CNN" of the benchmarks: three conv stages (stride 1, 2, 2), global
 /// average pooling and a linear classifier.
 #[derive(Module, Debug)]
-pub struct Cnn<B: ConvBackend> {
+pub struct Cnn<B: KernelBackend> {
     c1: ConvBn<B>,
     c2: ConvBn<B>,
     c3: ConvBn<B>,
@@ -56,7 +56,7 @@ pub struct Cnn<B: ConvBackend> {
 }
 
 impl CnnConfig {
-    pub fn init<B: ConvBackend>(&self, device: &B::Device) -> Cnn<B> {
+    pub fn init<B: KernelBackend>(&self, device: &B::Device) -> Cnn<B> {
         let w = self.width;
         Cnn {
             c1: ConvBn::new(self.channels, w, 1, device),
@@ -68,7 +68,7 @@ impl CnnConfig {
     }
 }
 
-impl<B: ConvBackend> Cnn<B> {
+impl<B: KernelBackend> Cnn<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self.c3.forward(self.c2.forward(self.c1.forward(images)));
         let x: Tensor<B, 2> = self.pool.forward(x).flatten(1, 3);

@@ -1,9 +1,9 @@
 //! Networks. Teacher and student always share the architecture, so one enum covers all.
 
 mod cnn;
-pub mod conv;
 mod mlp;
 mod norm;
+pub mod ops;
 mod resnet;
 
 use std::sync::Mutex;
@@ -13,9 +13,9 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use cnn::{Cnn, CnnConfig};
-pub use conv::{ConvBackend, TrainBackend};
 pub use mlp::{Mlp, MlpConfig};
 pub use norm::BatchNorm2d;
+pub use ops::{KernelBackend, TrainBackend};
 pub use resnet::{ResNet, ResNetConfig};
 
 /// Architecture family named in presets.
@@ -70,7 +70,7 @@ impl ModelSpec {
     /// parameters are initialised lazily (on first use), so seeding, building and
     /// materialising every parameter happen under one lock; otherwise concurrent runs
     /// (tests, the dashboard's watcher) would interleave their random draws.
-    pub fn init_seeded<B: ConvBackend>(&self, device: &B::Device, seed: u64) -> Net<B> {
+    pub fn init_seeded<B: KernelBackend>(&self, device: &B::Device, seed: u64) -> Net<B> {
         static INIT_LOCK: Mutex<()> = Mutex::new(());
         let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         B::seed(device, seed);
@@ -79,7 +79,7 @@ impl ModelSpec {
         net
     }
 
-    pub fn init<B: ConvBackend>(&self, device: &B::Device) -> Net<B> {
+    pub fn init<B: KernelBackend>(&self, device: &B::Device) -> Net<B> {
         match self.arch {
             Arch::Mlp => Net::Mlp(
                 MlpConfig::new(
@@ -121,13 +121,13 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
 // the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-pub enum Net<B: ConvBackend> {
+pub enum Net<B: KernelBackend> {
     Mlp(Mlp<B>),
     Cnn(Cnn<B>),
     ResNet(ResNet<B>),
 }
 
-impl<B: ConvBackend> Net<B> {
+impl<B: KernelBackend> Net<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {
             Net::Mlp(m) => m.forward(images),

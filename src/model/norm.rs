@@ -10,9 +10,12 @@
 
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+
+use super::ops::KernelBackend;
 
 #[derive(Module, Debug)]
-pub struct BatchNorm2d<B: Backend> {
+pub struct BatchNorm2d<B: KernelBackend> {
     pub gamma: Param<Tensor<B, 1>>,
     pub beta: Param<Tensor<B, 1>>,
     pub running_mean: RunningState<Tensor<B, 1>>,
@@ -21,7 +24,7 @@ pub struct BatchNorm2d<B: Backend> {
     pub epsilon: f64,
 }
 
-impl<B: Backend> BatchNorm2d<B> {
+impl<B: KernelBackend> BatchNorm2d<B> {
     /// PyTorch's and burn-nn's defaults: momentum 0.1, epsilon 1e-5.
     pub fn new(channels: usize, device: &B::Device) -> Self {
         BatchNorm2d {
@@ -36,45 +39,73 @@ impl<B: Backend> BatchNorm2d<B> {
 
     /// Batch statistics while training (autodiff backends), running ones otherwise.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_with(x, true)
+    }
+
+    /// `kernels: false` skips the backend's batch-norm kernel (the tensor-op version that
+    /// backends without one use; tested on the CPU too).
+    fn forward_with(&self, x: Tensor<B, 4>, kernels: bool) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let x3 = x.reshape([n, c, h * w]);
         let out = if B::ad_enabled(&x3.device()) {
-            self.forward_train(x3)
+            self.forward_train(x3, kernels)
         } else {
             self.forward_inference(x3)
         };
         out.reshape([n, c, h, w])
     }
 
-    fn forward_train(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward_train(&self, x: Tensor<B, 3>, kernels: bool) -> Tensor<B, 3> {
+        let fast = kernels
+            .then(|| {
+                B::fast_batch_norm(
+                    x.clone().into_primitive().tensor(),
+                    self.gamma.val().into_primitive().tensor(),
+                    self.beta.val().into_primitive().tensor(),
+                    self.epsilon,
+                )
+            })
+            .flatten();
+        if let Some([y, mean, var]) = fast {
+            let t1 = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+            self.update_running(t1(mean), t1(var));
+            return Tensor::from_primitive(TensorPrimitive::Float(y));
+        }
         let [n, c, _] = x.dims();
         // Mean over pixels then over the batch: every image has as many pixels.
         let mean = x.clone().mean_dim(2).mean_dim(0);
         let centered = x - mean.clone().repeat_dim(0, n);
         // Biased variance, as burn-nn uses for both normalising and running stats.
         let var = centered.clone().powi_scalar(2).mean_dim(2).mean_dim(0);
-
-        let device = centered.device();
-        let m = self.momentum;
-        let running_mean = self.running_mean.value_sync().to_device(&device);
-        let running_var = self.running_var.value_sync().to_device(&device);
-        self.running_mean.update(
-            running_mean
-                .mul_scalar(1.0 - m)
-                .add(mean.detach().reshape([c]).mul_scalar(m))
-                .detach(),
-        );
-        self.running_var.update(
-            running_var
-                .mul_scalar(1.0 - m)
-                .add(var.clone().detach().reshape([c]).mul_scalar(m))
-                .detach(),
+        self.update_running(
+            mean.detach().reshape([c]),
+            var.clone().detach().reshape([c]),
         );
 
         let scale =
             var.add_scalar(self.epsilon).sqrt().recip() * self.gamma.val().reshape([1, c, 1]);
         let shift = self.beta.val().reshape([1, c, 1]);
         centered * scale.repeat_dim(0, n) + shift.repeat_dim(0, n)
+    }
+
+    /// `running = (1 - momentum) * running + momentum * batch` for mean and variance.
+    fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+        let device = mean.device();
+        let m = self.momentum;
+        let running_mean = self.running_mean.value_sync().to_device(&device);
+        let running_var = self.running_var.value_sync().to_device(&device);
+        self.running_mean.update(
+            running_mean
+                .mul_scalar(1.0 - m)
+                .add(mean.detach().mul_scalar(m))
+                .detach(),
+        );
+        self.running_var.update(
+            running_var
+                .mul_scalar(1.0 - m)
+                .add(var.detach().mul_scalar(m))
+                .detach(),
+        );
     }
 
     fn forward_inference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -126,11 +157,18 @@ mod tests {
 
     #[test]
     fn matches_burn_batch_norm_in_training_output_gradients_and_running_stats() {
+        // With the CPU kernel (what training uses) and with the tensor-op version (CUDA).
+        for kernels in [true, false] {
+            check_training(kernels);
+        }
+    }
+
+    fn check_training(kernels: bool) {
         let (ours, theirs) = pair();
         let x = input();
         let weights =
             Tensor::<A, 4>::random([4, 3, 5, 6], Distribution::Normal(0.0, 1.0), &FlexDevice);
-        let a = ours.forward(x.clone());
+        let a = ours.forward_with(x.clone(), kernels);
         let b = theirs.forward(x.clone());
         a.to_data()
             .assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-4));
@@ -144,6 +182,10 @@ mod tests {
         let gg_b = theirs.gamma.val().grad(&gb).unwrap();
         gg_a.to_data()
             .assert_approx_eq::<f32>(&gg_b.to_data(), Tolerance::absolute(1e-3));
+        let gb_a = ours.beta.val().grad(&ga).unwrap();
+        let gb_b = theirs.beta.val().grad(&gb).unwrap();
+        gb_a.to_data()
+            .assert_approx_eq::<f32>(&gb_b.to_data(), Tolerance::absolute(1e-3));
         ours.running_mean.value().to_data().assert_approx_eq::<f32>(
             &theirs.running_mean.value().to_data(),
             Tolerance::absolute(1e-5),

@@ -3,28 +3,28 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
-use super::conv::{conv2d, ConvBackend};
 use super::norm::BatchNorm2d;
+use super::ops::{conv2d, KernelBackend};
 use burn::tensor::activation::relu;
 
 use super::cnn::ConvBn;
 
 /// 1x1 conv + BN projection used when a block changes shape.
 #[derive(Module, Debug)]
-pub struct Projection<B: ConvBackend> {
+pub struct Projection<B: KernelBackend> {
     conv: Conv2d<B>,
     bn: BatchNorm2d<B>,
 }
 
 /// CIFAR basic block: two 3x3 conv-BN, identity or projection shortcut.
 #[derive(Module, Debug)]
-pub struct BasicBlock<B: ConvBackend> {
+pub struct BasicBlock<B: KernelBackend> {
     a: ConvBn<B>,
     b: ConvBn<B>,
     shortcut: Option<Projection<B>>,
 }
 
-impl<B: ConvBackend> BasicBlock<B> {
+impl<B: KernelBackend> BasicBlock<B> {
     fn new(inp: usize, out: usize, stride: usize, device: &B::Device) -> Self {
         let shortcut = (stride != 1 || inp != out).then(|| Projection {
             conv: Conv2dConfig::new([inp, out], [1, 1])
@@ -61,7 +61,7 @@ pub struct ResNetConfig {
 
 /// CIFAR-style ResNet (He et al. 2016, section 4.2).
 #[derive(Module, Debug)]
-pub struct ResNet<B: ConvBackend> {
+pub struct ResNet<B: KernelBackend> {
     stem: ConvBn<B>,
     blocks: Vec<BasicBlock<B>>,
     pool: AdaptiveAvgPool2d,
@@ -69,7 +69,7 @@ pub struct ResNet<B: ConvBackend> {
 }
 
 impl ResNetConfig {
-    pub fn init<B: ConvBackend>(&self, device: &B::Device) -> ResNet<B> {
+    pub fn init<B: KernelBackend>(&self, device: &B::Device) -> ResNet<B> {
         let n = (self.depth.saturating_sub(2) / 6).max(1);
         let w = self.width;
         let mut blocks = Vec::with_capacity(3 * n);
@@ -90,7 +90,7 @@ impl ResNetConfig {
     }
 }
 
-impl<B: ConvBackend> ResNet<B> {
+impl<B: KernelBackend> ResNet<B> {
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
     }

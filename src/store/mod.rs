@@ -10,7 +10,7 @@
 pub mod follow;
 pub mod resume;
 
-use crate::model::ConvBackend;
+use crate::model::KernelBackend;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -290,7 +290,7 @@ impl RunWriter {
     }
 
     /// Saves a network as `checkpoints/s<seed>-<method>-g<gen>-<which>.mpk`.
-    pub fn save_checkpoint<B: ConvBackend>(
+    pub fn save_checkpoint<B: KernelBackend>(
         &self,
         key: JobKey,
         which: &str,
@@ -392,7 +392,7 @@ pub fn checkpoint_path(run_dir: &Path, key: JobKey, which: &str) -> PathBuf {
 }
 
 /// Loads a checkpoint into a network of the same architecture.
-pub fn load_checkpoint<B: ConvBackend>(
+pub fn load_checkpoint<B: KernelBackend>(
     path: &Path,
     template: Net<B>,
     device: &B::Device,

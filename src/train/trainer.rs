@@ -1,7 +1,7 @@
 //! The trainer: runs seeds x methods x generations on one thread, emitting events,
 //! recording the run folder and obeying controls between steps.
 
-use crate::model::{ConvBackend, TrainBackend};
+use crate::model::{KernelBackend, TrainBackend};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -336,12 +336,12 @@ const PURPOSE_ORDER: u64 = 2;
 const PURPOSE_AUGMENT: u64 = 3;
 
 /// A frozen network used as teacher, with its validation accuracy.
-struct Teacher<B: ConvBackend> {
+struct Teacher<B: KernelBackend> {
     net: Net<B>,
     val_acc: f64,
 }
 
-impl<B: ConvBackend> Clone for Teacher<B> {
+impl<B: KernelBackend> Clone for Teacher<B> {
     fn clone(&self) -> Self {
         Teacher {
             net: self.net.clone(),
@@ -351,7 +351,7 @@ impl<B: ConvBackend> Clone for Teacher<B> {
 }
 
 /// What a finished generation hands to the next one.
-struct GenerationOutcome<B: ConvBackend> {
+struct GenerationOutcome<B: KernelBackend> {
     final_net: Teacher<B>,
     best_net: Teacher<B>,
     /// Self-distillation: the teacher held at the end (best network so far).
@@ -359,7 +359,7 @@ struct GenerationOutcome<B: ConvBackend> {
 }
 
 /// How a generation ended.
-enum JobResult<B: ConvBackend> {
+enum JobResult<B: KernelBackend> {
     Done(Box<GenerationOutcome<B>>),
     /// A stop control ended it (checkpoints and summary written).
     Stopped,
@@ -587,11 +587,11 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
 
     /// A network of the right shape to load a record into (the seed does not matter,
     /// but initialisation must go through the seeding lock).
-    fn template<C: ConvBackend>(&self, device: &C::Device) -> Net<C> {
+    fn template<C: KernelBackend>(&self, device: &C::Device) -> Net<C> {
         self.spec.init_seeded::<C>(device, 0)
     }
 
-    fn load_net<C: ConvBackend>(&self, path: &Path, device: &C::Device) -> Result<Net<C>> {
+    fn load_net<C: KernelBackend>(&self, path: &Path, device: &C::Device) -> Result<Net<C>> {
         Ok(self
             .template::<C>(device)
             .load_record(store::load_record::<C, _>(path, device)?))
@@ -1304,7 +1304,7 @@ enum EvalSet {
     Test,
 }
 
-struct BestSnapshot<B: ConvBackend> {
+struct BestSnapshot<B: KernelBackend> {
     net: Net<B>,
     val_acc: f64,
     step: u64,
@@ -1312,7 +1312,7 @@ struct BestSnapshot<B: ConvBackend> {
 }
 
 /// Per-generation bookkeeping between evaluations.
-struct GenState<B: ConvBackend> {
+struct GenState<B: KernelBackend> {
     train_loss_sum: f64,
     train_correct: u64,
     train_seen: u64,
@@ -1323,7 +1323,7 @@ struct GenState<B: ConvBackend> {
     last_test_acc: f64,
 }
 
-impl<B: ConvBackend> GenState<B> {
+impl<B: KernelBackend> GenState<B> {
     fn new() -> Self {
         GenState {
             train_loss_sum: 0.0,

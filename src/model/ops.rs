@@ -1,7 +1,7 @@
-//! Convolution as a backend extension (Burn's custom-op pattern): a [`ConvBackend`] trait
-//! with Burn's own kernels as the default, the CPU kernels of [`crate::kernels::conv2d`] for
-//! flex, and an autodiff op whose backward pass computes the input and weight gradients
-//! together. CUDA keeps Burn's kernels.
+//! Backend extension (Burn's custom-op pattern) for the two ops that dominate a training
+//! step: a [`KernelBackend`] trait whose defaults are Burn's own ops, the CPU kernels of
+//! [`crate::kernels`] for flex, and autodiff ops whose backward passes call the kernels
+//! (convolution: input and weight gradients in one pass). CUDA keeps Burn's ops.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,6 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, TensorPrimitive};
 
+use crate::kernels::batch_norm::{self as bn_kernel, BnShape};
 use crate::kernels::conv2d::{self as kernel, Conv2dShape, Wants};
 
 /// Gradients of a convolution, each present when asked for.
@@ -26,8 +27,32 @@ pub struct ConvGrads<B: Backend> {
     pub bias: Option<FloatTensor<B>>,
 }
 
-/// Backends with a (possibly faster) 2-D convolution. The defaults are Burn's own ops.
-pub trait ConvBackend: Backend {
+/// Backends with (possibly faster) convolution and batch norm. The defaults are Burn's ops.
+pub trait KernelBackend: Backend {
+    /// Training-mode batch norm of `x` `[n, c, hw]`: `Some([y, mean, var])` (biased batch
+    /// variance, per channel) where the backend has a kernel; `None` sends the model to
+    /// its tensor-op version (`model::norm`).
+    fn fast_batch_norm(
+        _x: FloatTensor<Self>,
+        _gamma: FloatTensor<Self>,
+        _beta: FloatTensor<Self>,
+        _epsilon: f64,
+    ) -> Option<[FloatTensor<Self>; 3]> {
+        None
+    }
+
+    /// Gradients `[dx, dgamma, dbeta]` of [`KernelBackend::fast_batch_norm`].
+    fn fast_batch_norm_backward(
+        x: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        batch_norm_backward_reference::<Self>(x, mean, var, gamma, output_grad, epsilon)
+    }
+
     fn fast_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -68,17 +93,51 @@ pub trait ConvBackend: Backend {
     }
 }
 
-#[cfg(feature = "cuda")]
-impl ConvBackend for burn::backend::Cuda {}
+/// Batch-norm gradients in Burn tensor ops (any backend); the reference the kernels are
+/// tested against.
+pub fn batch_norm_backward_reference<B: Backend>(
+    x: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    var: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    epsilon: f64,
+) -> [FloatTensor<B>; 3] {
+    let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
+    let t1 = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+    let (x, dy) = (t3(x), t3(output_grad));
+    let [n, c, hw] = x.dims();
+    let count = (n * hw) as f64;
+    let inv_std = t1(var)
+        .add_scalar(epsilon)
+        .sqrt()
+        .recip()
+        .reshape([1, c, 1]);
+    let xhat = (x - t1(mean).reshape([1, c, 1])) * inv_std.clone();
+    let dbeta = dy.clone().sum_dim(2).sum_dim(0);
+    let dgamma = (dy.clone() * xhat.clone()).sum_dim(2).sum_dim(0);
+    let dx = (dy - dbeta.clone().div_scalar(count) - xhat * dgamma.clone().div_scalar(count))
+        * (t1(gamma).reshape([1, c, 1]) * inv_std);
+    let dgamma: Tensor<B, 1> = dgamma.reshape([c]);
+    let dbeta: Tensor<B, 1> = dbeta.reshape([c]);
+    [
+        dx.into_primitive().tensor(),
+        dgamma.into_primitive().tensor(),
+        dbeta.into_primitive().tensor(),
+    ]
+}
 
-/// A training backend: autodiff over a backend that has [`ConvBackend`] too (the teacher
+#[cfg(feature = "cuda")]
+impl KernelBackend for burn::backend::Cuda {}
+
+/// A training backend: autodiff over a backend that has [`KernelBackend`] too (the teacher
 /// and evaluation run on the inner backend).
-pub trait TrainBackend: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend {}
+pub trait TrainBackend: AutodiffBackend<InnerBackend: KernelBackend> + KernelBackend {}
 
 impl<B> TrainBackend for B
 where
-    B: AutodiffBackend + ConvBackend,
-    B::InnerBackend: ConvBackend,
+    B: AutodiffBackend + KernelBackend,
+    B::InnerBackend: KernelBackend,
 {
 }
 
@@ -115,6 +174,18 @@ fn flex_shape(
     (wc_in == c_in && shape.out_hw().is_some()).then_some(shape)
 }
 
+/// `[n, c, hw]` for an f32 input whose per-channel tensors (f32, `[c]`) match.
+fn bn_shape(x: &FlexTensor, per_channel: &[&FlexTensor]) -> Option<BnShape> {
+    let &[n, c, hw] = x.layout().shape().as_slice() else {
+        return None;
+    };
+    let ok = x.dtype() == DType::F32
+        && per_channel
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.layout().shape().as_slice() == [c]);
+    ok.then_some(BnShape { n, c, hw })
+}
+
 fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
@@ -128,7 +199,68 @@ fn flex_from(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-impl ConvBackend for Flex {
+impl KernelBackend for Flex {
+    fn fast_batch_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> Option<[FlexTensor; 3]> {
+        let s = bn_shape(&x, &[&gamma, &beta])?;
+        let (x, gamma, beta) = (contiguous(&x), contiguous(&gamma), contiguous(&beta));
+        let out = bn_kernel::forward(
+            &s,
+            f32_slice(&x),
+            f32_slice(&gamma),
+            f32_slice(&beta),
+            epsilon,
+        );
+        Some([
+            flex_from(out.y, vec![s.n, s.c, s.hw]),
+            flex_from(out.mean, vec![s.c]),
+            flex_from(out.var, vec![s.c]),
+        ])
+    }
+
+    fn fast_batch_norm_backward(
+        x: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        gamma: FlexTensor,
+        output_grad: FlexTensor,
+        epsilon: f64,
+    ) -> [FlexTensor; 3] {
+        let fits = bn_shape(&x, &[&mean, &var, &gamma]).filter(|s| {
+            output_grad.dtype() == DType::F32
+                && output_grad.layout().shape().num_elements() == s.len()
+        });
+        let Some(s) = fits else {
+            return batch_norm_backward_reference::<Flex>(
+                x,
+                mean,
+                var,
+                gamma,
+                output_grad,
+                epsilon,
+            );
+        };
+        let [x, mean, var, gamma, dy] = [&x, &mean, &var, &gamma, &output_grad].map(contiguous);
+        let g = bn_kernel::backward(
+            &s,
+            f32_slice(&x),
+            f32_slice(&mean),
+            f32_slice(&var),
+            f32_slice(&gamma),
+            f32_slice(&dy),
+            epsilon,
+        );
+        [
+            flex_from(g.dx, vec![s.n, s.c, s.hw]),
+            flex_from(g.dgamma, vec![s.c]),
+            flex_from(g.dbeta, vec![s.c]),
+        ]
+    }
+
     fn fast_conv2d(
         x: FlexTensor,
         weight: FlexTensor,
@@ -213,7 +345,7 @@ struct ConvNoBias;
 #[derive(Debug)]
 struct ConvWithBias;
 
-impl<B: ConvBackend> Backward<B, 2> for ConvNoBias {
+impl<B: KernelBackend> Backward<B, 2> for ConvNoBias {
     type State = (NodeId, NodeId, ConvOptions<2>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, cp: &mut Checkpointer) {
@@ -237,7 +369,7 @@ impl<B: ConvBackend> Backward<B, 2> for ConvNoBias {
     }
 }
 
-impl<B: ConvBackend> Backward<B, 3> for ConvWithBias {
+impl<B: KernelBackend> Backward<B, 3> for ConvWithBias {
     type State = (NodeId, NodeId, NodeId, ConvOptions<2>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
@@ -261,7 +393,65 @@ impl<B: ConvBackend> Backward<B, 3> for ConvWithBias {
     }
 }
 
-impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
+/// Autodiff batch norm: parents (x, gamma, beta); the state keeps the input and the batch
+/// statistics for the backward kernel.
+#[derive(Debug)]
+struct BatchNormOp;
+
+impl<B: KernelBackend> Backward<B, 3> for BatchNormOp {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        f64,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _cp: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, mean, var, gamma, epsilon) = ops.state;
+        let g = B::fast_batch_norm_backward(x, mean, var, gamma, grad, epsilon);
+        for (node, t) in ops.parents.into_iter().zip(g) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, t);
+            }
+        }
+    }
+}
+
+impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    fn fast_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> Option<[FloatTensor<Self>; 3]> {
+        let [y, mean, var] = B::fast_batch_norm(
+            x.primitive.clone(),
+            gamma.primitive.clone(),
+            beta.primitive.clone(),
+            epsilon,
+        )?;
+        let y = match BatchNormOp
+            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                (
+                    x.primitive,
+                    mean.clone(),
+                    var.clone(),
+                    gamma.primitive,
+                    epsilon,
+                ),
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Some([y, Self::from_inner(mean), Self::from_inner(var)])
+    }
+
     fn fast_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -312,10 +502,10 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
     }
 }
 
-/// `conv.forward(x)` through [`ConvBackend::fast_conv2d`]: same parameters, same maths.
+/// `conv.forward(x)` through [`KernelBackend::fast_conv2d`]: same parameters, same maths.
 /// Padding the kernel cannot express (asymmetric, `Same` with an even kernel) goes to
 /// burn-nn's own forward.
-pub fn conv2d<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let padding = match conv.padding {
         PaddingConfig2d::Valid => Some([0, 0]),
         PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
@@ -345,6 +535,24 @@ mod tests {
     use burn::nn::conv::Conv2dConfig;
 
     type Ad = Autodiff<Flex>;
+
+    trait MaxAbsDiff: Backend {
+        fn float_max_abs_diff(a: FloatTensor<Self>, b: FloatTensor<Self>) -> f32;
+    }
+
+    impl MaxAbsDiff for Flex {
+        fn float_max_abs_diff(a: FlexTensor, b: FlexTensor) -> f32 {
+            let (a, b) = (
+                a.into_data().to_vec::<f32>().unwrap(),
+                b.into_data().to_vec::<f32>().unwrap(),
+            );
+            assert_eq!(a.len(), b.len());
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        }
+    }
 
     fn max_diff<const D: usize>(a: Tensor<Ad, D>, b: Tensor<Ad, D>) -> f32 {
         (a - b).abs().max().into_scalar()
@@ -425,6 +633,46 @@ mod tests {
                 assert!(grad_diff(&b.val(), &g_ref, &g_ours) < 1e-3, "bias grad {t}");
             }
         }
+    }
+
+    /// The flex batch-norm kernel takes f32 `[n, c, hw]` inputs, and its gradients equal the
+    /// tensor-op formula (the trait's default, and what CUDA would use).
+    #[test]
+    fn batch_norm_kernel_gradients_match_the_reference() {
+        let device = FlexDevice;
+        Flex::seed(&device, 5);
+        let normal = burn::tensor::Distribution::Normal(0.5, 2.0);
+        let x = Tensor::<Flex, 3>::random([6, 4, 10], normal, &device);
+        let gamma = Tensor::<Flex, 1>::from_floats([1.0, -0.5, 2.0, 0.3], &device);
+        let beta = Tensor::<Flex, 1>::from_floats([0.0, 0.1, -0.2, 0.5], &device);
+        let dy = Tensor::<Flex, 3>::random([6, 4, 10], normal, &device);
+        let p = |t: Tensor<Flex, 3>| t.into_primitive().tensor();
+        let q = |t: Tensor<Flex, 1>| t.into_primitive().tensor();
+        let [_, mean, var] = Flex::fast_batch_norm(p(x.clone()), q(gamma.clone()), q(beta), 1e-5)
+            .expect("f32 [n, c, hw] takes the kernel");
+        let args = || {
+            (
+                p(x.clone()),
+                mean.clone(),
+                var.clone(),
+                q(gamma.clone()),
+                p(dy.clone()),
+            )
+        };
+        let (a, b, c, d, e) = args();
+        let ours = Flex::fast_batch_norm_backward(a, b, c, d, e, 1e-5);
+        let (a, b, c, d, e) = args();
+        let reference = batch_norm_backward_reference::<Flex>(a, b, c, d, e, 1e-5);
+        for (i, (o, r)) in ours.into_iter().zip(reference).enumerate() {
+            let diff = Flex::float_max_abs_diff(o, r);
+            assert!(diff < 1e-4, "gradient {i}: max abs diff {diff}");
+        }
+        // Other ranks go to the tensor-op version.
+        let x4 = Tensor::<Flex, 4>::zeros([2, 4, 3, 3], &device)
+            .into_primitive()
+            .tensor();
+        let g = Tensor::<Flex, 1>::ones([4], &device);
+        assert!(Flex::fast_batch_norm(x4, q(g.clone()), q(g), 1e-5).is_none());
     }
 
     /// Without autodiff (the teacher and evaluation path) the output is the same too.

@@ -1,0 +1,261 @@
+//! Training-mode batch normalisation on f32 `[n, c, hw]` slices, forward and backward in
+//! two passes each (statistics per channel, then one elementwise pass), parallel over
+//! channels and planes. Burn's version is a chain of a dozen tensor ops, each a pass over
+//! the activations on one thread; see BENCHMARKS.md.
+//!
+//! Sums run in f64 in a fixed order per channel: results do not depend on the thread
+//! count.
+
+use rayon::prelude::*;
+
+/// `[n, c, hw]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnShape {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl BnShape {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.hw
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The planes (`hw` values) of channel `ch`, one per sample.
+    fn planes<'a>(&self, data: &'a [f32], ch: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let (c, hw) = (self.c, self.hw);
+        (0..self.n).map(move |s| &data[(s * c + ch) * hw..(s * c + ch + 1) * hw])
+    }
+}
+
+/// Output of [`forward`]: normalised, scaled and shifted values, and the batch statistics
+/// (mean and biased variance per channel).
+pub struct BnForward {
+    pub y: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+}
+
+/// Per-channel mean and biased variance (two passes, f64 sums).
+fn statistics(s: &BnShape, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let count = (s.n * s.hw) as f64;
+    (0..s.c)
+        .into_par_iter()
+        .map(|ch| {
+            let sum: f64 = s
+                .planes(x, ch)
+                .map(|p| p.iter().map(|v| *v as f64).sum::<f64>())
+                .sum();
+            let mean = sum / count;
+            let sq: f64 = s
+                .planes(x, ch)
+                .map(|p| p.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>())
+                .sum();
+            (mean as f32, (sq / count) as f32)
+        })
+        .unzip()
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` with the batch's statistics.
+pub fn forward(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> BnForward {
+    assert_eq!(x.len(), s.len(), "batch norm: input length");
+    assert!(
+        gamma.len() == s.c && beta.len() == s.c,
+        "batch norm: parameter length"
+    );
+    let mut y = vec![0.0f32; x.len()];
+    if s.is_empty() {
+        return BnForward {
+            y,
+            mean: vec![0.0; s.c],
+            var: vec![0.0; s.c],
+        };
+    }
+    let (mean, var) = statistics(s, x);
+    let scale: Vec<f32> = (0..s.c)
+        .map(|ch| gamma[ch] / (var[ch] as f64 + eps).sqrt() as f32)
+        .collect();
+    y.par_chunks_mut(s.hw)
+        .zip(x.par_chunks(s.hw))
+        .enumerate()
+        .for_each(|(plane, (y, x))| {
+            let ch = plane % s.c;
+            let (m, k, b) = (mean[ch], scale[ch], beta[ch]);
+            for (y, x) in y.iter_mut().zip(x) {
+                *y = (x - m) * k + b;
+            }
+        });
+    BnForward { y, mean, var }
+}
+
+/// Gradients of [`forward`] given the output gradient `dy`: input, gamma and beta.
+pub struct BnBackward {
+    pub dx: Vec<f32>,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+}
+
+/// With `xhat = (x - mean) * inv_std` and `M = n * hw`:
+/// `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`,
+/// `dx = gamma * inv_std * (dy - dbeta / M - xhat * dgamma / M)`.
+pub fn backward(
+    s: &BnShape,
+    x: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    eps: f64,
+) -> BnBackward {
+    assert_eq!(x.len(), s.len(), "batch norm backward: input length");
+    assert_eq!(dy.len(), s.len(), "batch norm backward: gradient length");
+    assert!(mean.len() == s.c && var.len() == s.c && gamma.len() == s.c);
+    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (*v as f64 + eps).sqrt()).collect();
+    let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..s.c)
+        .into_par_iter()
+        .map(|ch| {
+            let (m, k) = (mean[ch] as f64, inv_std[ch]);
+            let (mut g, mut b) = (0.0f64, 0.0f64);
+            for (xp, dp) in s.planes(x, ch).zip(s.planes(dy, ch)) {
+                for (x, d) in xp.iter().zip(dp) {
+                    b += *d as f64;
+                    g += *d as f64 * (*x as f64 - m) * k;
+                }
+            }
+            (g as f32, b as f32)
+        })
+        .unzip();
+    let count = (s.n * s.hw) as f32;
+    let mut dx = vec![0.0f32; x.len()];
+    if !s.is_empty() {
+        dx.par_chunks_mut(s.hw)
+            .zip(x.par_chunks(s.hw).zip(dy.par_chunks(s.hw)))
+            .enumerate()
+            .for_each(|(plane, (dx, (x, dy)))| {
+                let ch = plane % s.c;
+                let k = inv_std[ch] as f32;
+                let m = mean[ch];
+                let a = gamma[ch] * k;
+                let db = dbeta[ch] / count;
+                let dg = dgamma[ch] / count;
+                for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
+                    let xhat = (x - m) * k;
+                    *dx = a * (dy - db - xhat * dg);
+                }
+            });
+    }
+    BnBackward { dx, dgamma, dbeta }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) % 2001) as f32 / 500.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// The loss `sum(y * w)` for fixed weights `w`, in f64, for finite differences.
+    fn loss(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], w: &[f32]) -> f64 {
+        let y = forward(s, x, gamma, beta, 1e-5).y;
+        y.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum()
+    }
+
+    #[test]
+    fn forward_normalises_each_channel() {
+        let s = BnShape { n: 4, c: 3, hw: 5 };
+        let x = values(s.len(), 1);
+        let out = forward(&s, &x, &[1.0; 3], &[0.0; 3], 0.0);
+        for ch in 0..3 {
+            let vals: Vec<f64> = s.planes(&out.y, ch).flatten().map(|v| *v as f64).collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+            assert!(mean.abs() < 1e-5, "channel {ch} mean {mean}");
+            assert!((var - 1.0).abs() < 1e-4, "channel {ch} var {var}");
+            // Statistics are those of the input channel.
+            let xs: Vec<f64> = s.planes(&x, ch).flatten().map(|v| *v as f64).collect();
+            let xm = xs.iter().sum::<f64>() / xs.len() as f64;
+            assert!((out.mean[ch] as f64 - xm).abs() < 1e-5);
+        }
+        // gamma and beta scale and shift.
+        let affine = forward(&s, &x, &[2.0, 0.5, -1.0], &[1.0, 0.0, 3.0], 0.0);
+        for (i, (a, b)) in affine.y.iter().zip(&out.y).enumerate() {
+            let ch = i / s.hw % s.c;
+            let want = [2.0, 0.5, -1.0][ch] * b + [1.0, 0.0, 3.0][ch];
+            assert!((a - want).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let s = BnShape { n: 3, c: 2, hw: 4 };
+        let x = values(s.len(), 2);
+        let gamma = [1.5f32, -0.7];
+        let beta = [0.2f32, 0.4];
+        let w = values(s.len(), 3);
+        let f = forward(&s, &x, &gamma, &beta, 1e-5);
+        let g = backward(&s, &x, &f.mean, &f.var, &gamma, &w, 1e-5);
+        let h = 1e-2f32;
+        for i in 0..s.len() {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            let num = (loss(&s, &xp, &gamma, &beta, &w) - loss(&s, &xm, &gamma, &beta, &w))
+                / (2.0 * h as f64);
+            assert!(
+                (g.dx[i] as f64 - num).abs() < 2e-2,
+                "dx[{i}] {} vs {num}",
+                g.dx[i]
+            );
+        }
+        for ch in 0..2 {
+            let (mut gp, mut gm) = (gamma, gamma);
+            gp[ch] += h;
+            gm[ch] -= h;
+            let num =
+                (loss(&s, &x, &gp, &beta, &w) - loss(&s, &x, &gm, &beta, &w)) / (2.0 * h as f64);
+            assert!((g.dgamma[ch] as f64 - num).abs() < 1e-2, "dgamma[{ch}]");
+            let (mut bp, mut bm) = (beta, beta);
+            bp[ch] += h;
+            bm[ch] -= h;
+            let num =
+                (loss(&s, &x, &gamma, &bp, &w) - loss(&s, &x, &gamma, &bm, &w)) / (2.0 * h as f64);
+            assert!((g.dbeta[ch] as f64 - num).abs() < 1e-2, "dbeta[{ch}]");
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let s = BnShape { n: 7, c: 5, hw: 33 };
+        let x = values(s.len(), 4);
+        let dy = values(s.len(), 5);
+        let gamma = values(5, 6);
+        let beta = values(5, 7);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let f = forward(&s, &x, &gamma, &beta, 1e-5);
+                let b = backward(&s, &x, &f.mean, &f.var, &gamma, &dy, 1e-5);
+                (f.y, f.mean, f.var, b.dx, b.dgamma, b.dbeta)
+            })
+        };
+        assert_eq!(run(1), run(4));
+    }
+}
