@@ -257,6 +257,31 @@ fn split_phases(x: &[f32], rows: usize, w: usize, stride: usize, out: &mut Vec<f
     }
 }
 
+/// Per-thread im2col buffers, reused across calls: a fresh zeroed buffer per call and
+/// chunk was a measurable share of a step (page faults and memset). Every element is
+/// written before it is read, so stale contents never leak into results.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    dcols: Vec<f32>,
+    phases: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+impl Scratch {
+    /// This thread's buffers (empty ones if already taken).
+    fn take() -> Self {
+        SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    }
+
+    fn give_back(self) {
+        SCRATCH.with(|s| *s.borrow_mut() = self);
+    }
+}
+
 /// A row-major or transposed view for [`gemm`]: element (r, c) is `data[r*rs + c*cs]`.
 #[derive(Clone, Copy)]
 struct View<'a> {
@@ -365,8 +390,12 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
     y.par_chunks_mut(y_len)
         .zip(x.par_chunks(d.x_len))
         .for_each_init(
-            || (vec![0.0f32; scratch], Vec::new()),
-            |(cols, phases), (yn, xn)| {
+            || {
+                let mut s = Scratch::take();
+                s.cols.resize(scratch, 0.0);
+                s
+            },
+            |Scratch { cols, phases, .. }, (yn, xn)| {
                 let cols: &[f32] = if d.is_pointwise() {
                     xn
                 } else {
@@ -443,16 +472,21 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
     // One chunk of samples: weight-gradient partial into `dw`, input gradient into `dxc`.
     let run_chunk = |c: usize, mut dxc: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
         let pointwise = d.is_pointwise();
-        let mut cols = vec![0.0f32; if pointwise { 0 } else { d.k * d.l }];
-        let mut phases = Vec::new();
-        let mut dcols = vec![
-            0.0f32;
+        let mut scratch = Scratch::take();
+        let Scratch {
+            cols,
+            dcols,
+            phases,
+        } = &mut scratch;
+        cols.resize(if pointwise { 0 } else { d.k * d.l }, 0.0);
+        dcols.resize(
             if dxc.is_some() && !pointwise {
                 d.k * d.l
             } else {
                 0
-            }
-        ];
+            },
+            0.0,
+        );
         let mut dw = dw;
         let first = c * CHUNK;
         let last = (first + CHUNK).min(s.batch);
@@ -463,8 +497,8 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
                 let cols_n: &[f32] = if pointwise {
                     xn
                 } else {
-                    im2col(&d, &runs, xn, &mut cols, &mut phases);
-                    &cols
+                    im2col(&d, &runs, xn, cols, phases);
+                    cols
                 };
                 // dW[c_out, k] += dY_n[c_out, l] @ cols_n^T[l, k], stored transposed: then
                 // gemm packs the small dY_n instead of the whole im2col matrix.
@@ -482,7 +516,7 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
             if let Some(dxc) = dxc.as_deref_mut() {
                 let dxn = &mut dxc[(n - first) * d.x_len..(n - first + 1) * d.x_len];
                 // dcols[k, l] = W^T[k, c_out] @ dY_n[c_out, l]
-                let target: &mut [f32] = if pointwise { dxn } else { &mut dcols };
+                let target: &mut [f32] = if pointwise { dxn } else { dcols };
                 gemm(
                     d.k,
                     d.l,
@@ -494,10 +528,11 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
                     false,
                 );
                 if !pointwise {
-                    col2im_add(&d, &runs, &dcols, dxn, &mut phases);
+                    col2im_add(&d, &runs, dcols, dxn, phases);
                 }
             }
         }
+        scratch.give_back();
     };
 
     let x_chunk = CHUNK * d.x_len;
