@@ -92,6 +92,30 @@ pub fn forward(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) ->
     BnForward { y, mean, var }
 }
 
+/// `y = x * scale[c] + shift[c]`: inference-mode batch norm with the running statistics
+/// folded into one scale and shift per channel; one parallel pass.
+pub fn scale_shift(s: &BnShape, x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), s.len(), "batch norm: input length");
+    assert!(
+        scale.len() == s.c && shift.len() == s.c,
+        "batch norm: parameter length"
+    );
+    let mut y = vec![0.0f32; x.len()];
+    if !s.is_empty() {
+        y.par_chunks_mut(s.hw)
+            .zip(x.par_chunks(s.hw))
+            .enumerate()
+            .for_each(|(plane, (y, x))| {
+                let ch = plane % s.c;
+                let (k, b) = (scale[ch], shift[ch]);
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y = x * k + b;
+                }
+            });
+    }
+    y
+}
+
 /// Gradients of [`forward`] given the output gradient `dy`: input, gamma and beta.
 pub struct BnBackward {
     pub dx: Vec<f32>,
@@ -197,6 +221,18 @@ mod tests {
             let ch = i / s.hw % s.c;
             let want = [2.0, 0.5, -1.0][ch] * b + [1.0, 0.0, 3.0][ch];
             assert!((a - want).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn scale_shift_applies_per_channel_terms() {
+        let s = BnShape { n: 2, c: 3, hw: 4 };
+        let x = values(s.len(), 9);
+        let y = scale_shift(&s, &x, &[2.0, -1.0, 0.5], &[0.0, 1.0, -3.0]);
+        for (i, (y, x)) in y.iter().zip(&x).enumerate() {
+            let ch = i / s.hw % s.c;
+            let want = x * [2.0, -1.0, 0.5][ch] + [0.0, 1.0, -3.0][ch];
+            assert_eq!(*y, want, "element {i}");
         }
     }
 

@@ -50,7 +50,7 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         let out = if B::ad_enabled(&x3.device()) {
             self.forward_train(x3, kernels)
         } else {
-            self.forward_inference(x3)
+            self.forward_inference(x3, kernels)
         };
         out.reshape([n, c, h, w])
     }
@@ -108,7 +108,7 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         );
     }
 
-    fn forward_inference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward_inference(&self, x: Tensor<B, 3>, kernels: bool) -> Tensor<B, 3> {
         let [n, c, _] = x.dims();
         let device = x.device();
         let mean = self.running_mean.value().to_device(&device);
@@ -116,6 +116,16 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         // One multiply-add per element: fold the statistics into scale and shift.
         let scale = var.add_scalar(self.epsilon).sqrt().recip() * self.gamma.val();
         let shift = self.beta.val() - mean * scale.clone();
+        if kernels {
+            let fast = B::fast_scale_shift(
+                x.clone().into_primitive().tensor(),
+                scale.clone().into_primitive().tensor(),
+                shift.clone().into_primitive().tensor(),
+            );
+            if let Some(y) = fast {
+                return Tensor::from_primitive(TensorPrimitive::Float(y));
+            }
+        }
         x * scale.reshape([1, c, 1]).repeat_dim(0, n) + shift.reshape([1, c, 1]).repeat_dim(0, n)
     }
 }
@@ -198,6 +208,12 @@ mod tests {
 
     #[test]
     fn matches_burn_batch_norm_in_inference() {
+        for kernels in [true, false] {
+            check_inference(kernels);
+        }
+    }
+
+    fn check_inference(kernels: bool) {
         let (ours, theirs) = pair();
         // Move the running statistics away from (0, 1) first.
         let x = input();
@@ -206,7 +222,7 @@ mod tests {
         let (ours, theirs) = (ours.valid(), theirs.valid());
         let x =
             Tensor::<Flex, 4>::random([2, 3, 4, 4], Distribution::Normal(1.0, 2.0), &FlexDevice);
-        ours.forward(x.clone())
+        ours.forward_with(x.clone(), kernels)
             .to_data()
             .assert_approx_eq::<f32>(&theirs.forward(x).to_data(), Tolerance::absolute(1e-4));
     }

@@ -41,6 +41,16 @@ pub trait KernelBackend: Backend {
         None
     }
 
+    /// `x * scale[c] + shift[c]` for `x` `[n, c, hw]` (inference-mode batch norm with the
+    /// running statistics folded in) where the backend has a kernel; `None` otherwise.
+    fn fast_scale_shift(
+        _x: FloatTensor<Self>,
+        _scale: FloatTensor<Self>,
+        _shift: FloatTensor<Self>,
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
     /// Gradients `[dx, dgamma, dbeta]` of [`KernelBackend::fast_batch_norm`].
     fn fast_batch_norm_backward(
         x: FloatTensor<Self>,
@@ -200,6 +210,13 @@ fn flex_from(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 }
 
 impl KernelBackend for Flex {
+    fn fast_scale_shift(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> Option<FlexTensor> {
+        let s = bn_shape(&x, &[&scale, &shift])?;
+        let [x, scale, shift] = [&x, &scale, &shift].map(contiguous);
+        let y = bn_kernel::scale_shift(&s, f32_slice(&x), f32_slice(&scale), f32_slice(&shift));
+        Some(flex_from(y, vec![s.n, s.c, s.hw]))
+    }
+
     fn fast_batch_norm(
         x: FlexTensor,
         gamma: FlexTensor,
