@@ -60,8 +60,26 @@ fn statistics(s: &BnShape, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .unzip()
 }
 
-/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` with the batch's statistics.
-pub fn forward(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> BnForward {
+/// `max(v, 0)` as Burn's ReLU computes it: NaN stays NaN (divergence must stay visible).
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v <= 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` with the batch's statistics, followed
+/// by a ReLU when `with_relu`.
+pub fn forward(
+    s: &BnShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    with_relu: bool,
+) -> BnForward {
     assert_eq!(x.len(), s.len(), "batch norm: input length");
     assert!(
         gamma.len() == s.c && beta.len() == s.c,
@@ -85,16 +103,29 @@ pub fn forward(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) ->
         .for_each(|(plane, (y, x))| {
             let ch = plane % s.c;
             let (m, k, b) = (mean[ch], scale[ch], beta[ch]);
-            for (y, x) in y.iter_mut().zip(x) {
-                *y = (x - m) * k + b;
+            if with_relu {
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y = relu((x - m) * k + b);
+                }
+            } else {
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y = (x - m) * k + b;
+                }
             }
         });
     BnForward { y, mean, var }
 }
 
 /// `y = x * scale[c] + shift[c]`: inference-mode batch norm with the running statistics
-/// folded into one scale and shift per channel; one parallel pass.
-pub fn scale_shift(s: &BnShape, x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+/// folded into one scale and shift per channel, then a ReLU when `with_relu`; one parallel
+/// pass.
+pub fn scale_shift(
+    s: &BnShape,
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    with_relu: bool,
+) -> Vec<f32> {
     assert_eq!(x.len(), s.len(), "batch norm: input length");
     assert!(
         scale.len() == s.c && shift.len() == s.c,
@@ -109,7 +140,8 @@ pub fn scale_shift(s: &BnShape, x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<
                 let ch = plane % s.c;
                 let (k, b) = (scale[ch], shift[ch]);
                 for (y, x) in y.iter_mut().zip(x) {
-                    *y = x * k + b;
+                    let v = x * k + b;
+                    *y = if with_relu { relu(v) } else { v };
                 }
             });
     }
@@ -126,17 +158,34 @@ pub struct BnBackward {
 /// With `xhat = (x - mean) * inv_std` and `M = n * hw`:
 /// `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`,
 /// `dx = gamma * inv_std * (dy - dbeta / M - xhat * dgamma / M)`.
+/// `relu_output`: the forward's output when it ended with a ReLU; `dy` is then first
+/// zeroed where that output is not positive (Burn's ReLU gradient).
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     s: &BnShape,
     x: &[f32],
     mean: &[f32],
     var: &[f32],
     gamma: &[f32],
+    relu_output: Option<&[f32]>,
     dy: &[f32],
     eps: f64,
 ) -> BnBackward {
     assert_eq!(x.len(), s.len(), "batch norm backward: input length");
     assert_eq!(dy.len(), s.len(), "batch norm backward: gradient length");
+    let masked: Vec<f32>;
+    let dy = match relu_output {
+        Some(y) => {
+            assert_eq!(y.len(), s.len(), "batch norm backward: output length");
+            masked = y
+                .par_iter()
+                .zip(dy.par_iter())
+                .map(|(y, d)| if *y <= 0.0 { 0.0 } else { *d })
+                .collect();
+            &masked[..]
+        }
+        None => dy,
+    };
     assert!(mean.len() == s.c && var.len() == s.c && gamma.len() == s.c);
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (*v as f64 + eps).sqrt()).collect();
     let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..s.c)
@@ -195,7 +244,7 @@ mod tests {
 
     /// The loss `sum(y * w)` for fixed weights `w`, in f64, for finite differences.
     fn loss(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], w: &[f32]) -> f64 {
-        let y = forward(s, x, gamma, beta, 1e-5).y;
+        let y = forward(s, x, gamma, beta, 1e-5, false).y;
         y.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum()
     }
 
@@ -203,7 +252,7 @@ mod tests {
     fn forward_normalises_each_channel() {
         let s = BnShape { n: 4, c: 3, hw: 5 };
         let x = values(s.len(), 1);
-        let out = forward(&s, &x, &[1.0; 3], &[0.0; 3], 0.0);
+        let out = forward(&s, &x, &[1.0; 3], &[0.0; 3], 0.0, false);
         for ch in 0..3 {
             let vals: Vec<f64> = s.planes(&out.y, ch).flatten().map(|v| *v as f64).collect();
             let mean = vals.iter().sum::<f64>() / vals.len() as f64;
@@ -216,7 +265,7 @@ mod tests {
             assert!((out.mean[ch] as f64 - xm).abs() < 1e-5);
         }
         // gamma and beta scale and shift.
-        let affine = forward(&s, &x, &[2.0, 0.5, -1.0], &[1.0, 0.0, 3.0], 0.0);
+        let affine = forward(&s, &x, &[2.0, 0.5, -1.0], &[1.0, 0.0, 3.0], 0.0, false);
         for (i, (a, b)) in affine.y.iter().zip(&out.y).enumerate() {
             let ch = i / s.hw % s.c;
             let want = [2.0, 0.5, -1.0][ch] * b + [1.0, 0.0, 3.0][ch];
@@ -228,7 +277,10 @@ mod tests {
     fn scale_shift_applies_per_channel_terms() {
         let s = BnShape { n: 2, c: 3, hw: 4 };
         let x = values(s.len(), 9);
-        let y = scale_shift(&s, &x, &[2.0, -1.0, 0.5], &[0.0, 1.0, -3.0]);
+        let y = scale_shift(&s, &x, &[2.0, -1.0, 0.5], &[0.0, 1.0, -3.0], false);
+        let r = scale_shift(&s, &x, &[2.0, -1.0, 0.5], &[0.0, 1.0, -3.0], true);
+        assert!(r.iter().zip(&y).all(|(r, y)| *r == y.max(0.0)));
+        assert!(r.contains(&0.0) && r.iter().any(|v| *v > 0.0));
         for (i, (y, x)) in y.iter().zip(&x).enumerate() {
             let ch = i / s.hw % s.c;
             let want = x * [2.0, -1.0, 0.5][ch] + [0.0, 1.0, -3.0][ch];
@@ -243,8 +295,8 @@ mod tests {
         let gamma = [1.5f32, -0.7];
         let beta = [0.2f32, 0.4];
         let w = values(s.len(), 3);
-        let f = forward(&s, &x, &gamma, &beta, 1e-5);
-        let g = backward(&s, &x, &f.mean, &f.var, &gamma, &w, 1e-5);
+        let f = forward(&s, &x, &gamma, &beta, 1e-5, false);
+        let g = backward(&s, &x, &f.mean, &f.var, &gamma, None, &w, 1e-5);
         let h = 1e-2f32;
         for i in 0..s.len() {
             let (mut xp, mut xm) = (x.clone(), x.clone());
@@ -274,6 +326,45 @@ mod tests {
         }
     }
 
+    /// The fused ReLU equals a ReLU after the plain batch norm, forward and backward, and
+    /// keeps NaN (so divergence is still detected).
+    #[test]
+    fn fused_relu_is_relu_after_batch_norm() {
+        let s = BnShape { n: 3, c: 4, hw: 6 };
+        let x = values(s.len(), 11);
+        let dy = values(s.len(), 12);
+        let gamma = values(4, 13);
+        let beta = values(4, 14);
+        let plain = forward(&s, &x, &gamma, &beta, 1e-5, false);
+        let fused = forward(&s, &x, &gamma, &beta, 1e-5, true);
+        assert_eq!(plain.mean, fused.mean);
+        assert_eq!(plain.var, fused.var);
+        let want: Vec<f32> = plain.y.iter().map(|v| v.max(0.0)).collect();
+        assert_eq!(fused.y, want);
+        assert!(fused.y.contains(&0.0) && fused.y.iter().any(|v| *v > 0.0));
+        let masked: Vec<f32> = plain
+            .y
+            .iter()
+            .zip(&dy)
+            .map(|(y, d)| if *y > 0.0 { *d } else { 0.0 })
+            .collect();
+        let a = backward(
+            &s,
+            &x,
+            &fused.mean,
+            &fused.var,
+            &gamma,
+            Some(&fused.y),
+            &dy,
+            1e-5,
+        );
+        let b = backward(&s, &x, &plain.mean, &plain.var, &gamma, None, &masked, 1e-5);
+        assert_eq!((a.dx, a.dgamma, a.dbeta), (b.dx, b.dgamma, b.dbeta));
+        let mut nan = x.clone();
+        nan[0] = f32::NAN;
+        assert!(forward(&s, &nan, &gamma, &beta, 1e-5, true).y[0].is_nan());
+    }
+
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         let s = BnShape { n: 7, c: 5, hw: 33 };
@@ -287,8 +378,8 @@ mod tests {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let f = forward(&s, &x, &gamma, &beta, 1e-5);
-                let b = backward(&s, &x, &f.mean, &f.var, &gamma, &dy, 1e-5);
+                let f = forward(&s, &x, &gamma, &beta, 1e-5, true);
+                let b = backward(&s, &x, &f.mean, &f.var, &gamma, Some(&f.y), &dy, 1e-5);
                 (f.y, f.mean, f.var, b.dx, b.dgamma, b.dbeta)
             })
         };

@@ -5,7 +5,6 @@ use burn::prelude::*;
 
 use super::norm::BatchNorm2d;
 use super::ops::{conv2d, KernelBackend};
-use burn::tensor::activation::relu;
 
 /// Conv3x3 (no bias, BN follows) + BatchNorm + ReLU.
 #[derive(Module, Debug)]
@@ -32,7 +31,7 @@ impl<B: KernelBackend> ConvBn<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        relu(self.forward_linear(x))
+        self.bn.forward_relu(conv2d(&self.conv, x))
     }
 }
 

@@ -10,6 +10,7 @@
 
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
+use burn::tensor::activation::relu;
 use burn::tensor::TensorPrimitive;
 
 use super::ops::KernelBackend;
@@ -39,23 +40,29 @@ impl<B: KernelBackend> BatchNorm2d<B> {
 
     /// Batch statistics while training (autodiff backends), running ones otherwise.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.forward_with(x, true)
+        self.forward_with(x, false, true)
+    }
+
+    /// `relu(self.forward(x))`, fused into the kernel where the backend has one (one pass
+    /// and one buffer fewer, forward and backward).
+    pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_with(x, true, true)
     }
 
     /// `kernels: false` skips the backend's batch-norm kernel (the tensor-op version that
     /// backends without one use; tested on the CPU too).
-    fn forward_with(&self, x: Tensor<B, 4>, kernels: bool) -> Tensor<B, 4> {
+    fn forward_with(&self, x: Tensor<B, 4>, with_relu: bool, kernels: bool) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let x3 = x.reshape([n, c, h * w]);
         let out = if B::ad_enabled(&x3.device()) {
-            self.forward_train(x3, kernels)
+            self.forward_train(x3, with_relu, kernels)
         } else {
-            self.forward_inference(x3, kernels)
+            self.forward_inference(x3, with_relu, kernels)
         };
         out.reshape([n, c, h, w])
     }
 
-    fn forward_train(&self, x: Tensor<B, 3>, kernels: bool) -> Tensor<B, 3> {
+    fn forward_train(&self, x: Tensor<B, 3>, with_relu: bool, kernels: bool) -> Tensor<B, 3> {
         let fast = kernels
             .then(|| {
                 B::fast_batch_norm(
@@ -63,6 +70,7 @@ impl<B: KernelBackend> BatchNorm2d<B> {
                     self.gamma.val().into_primitive().tensor(),
                     self.beta.val().into_primitive().tensor(),
                     self.epsilon,
+                    with_relu,
                 )
             })
             .flatten();
@@ -85,7 +93,12 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         let scale =
             var.add_scalar(self.epsilon).sqrt().recip() * self.gamma.val().reshape([1, c, 1]);
         let shift = self.beta.val().reshape([1, c, 1]);
-        centered * scale.repeat_dim(0, n) + shift.repeat_dim(0, n)
+        let y = centered * scale.repeat_dim(0, n) + shift.repeat_dim(0, n);
+        if with_relu {
+            relu(y)
+        } else {
+            y
+        }
     }
 
     /// `running = (1 - momentum) * running + momentum * batch` for mean and variance.
@@ -108,7 +121,7 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         );
     }
 
-    fn forward_inference(&self, x: Tensor<B, 3>, kernels: bool) -> Tensor<B, 3> {
+    fn forward_inference(&self, x: Tensor<B, 3>, with_relu: bool, kernels: bool) -> Tensor<B, 3> {
         let [n, c, _] = x.dims();
         let device = x.device();
         let mean = self.running_mean.value().to_device(&device);
@@ -121,12 +134,19 @@ impl<B: KernelBackend> BatchNorm2d<B> {
                 x.clone().into_primitive().tensor(),
                 scale.clone().into_primitive().tensor(),
                 shift.clone().into_primitive().tensor(),
+                with_relu,
             );
             if let Some(y) = fast {
                 return Tensor::from_primitive(TensorPrimitive::Float(y));
             }
         }
-        x * scale.reshape([1, c, 1]).repeat_dim(0, n) + shift.reshape([1, c, 1]).repeat_dim(0, n)
+        let y = x * scale.reshape([1, c, 1]).repeat_dim(0, n)
+            + shift.reshape([1, c, 1]).repeat_dim(0, n);
+        if with_relu {
+            relu(y)
+        } else {
+            y
+        }
     }
 }
 
@@ -169,17 +189,20 @@ mod tests {
     fn matches_burn_batch_norm_in_training_output_gradients_and_running_stats() {
         // With the CPU kernel (what training uses) and with the tensor-op version (CUDA).
         for kernels in [true, false] {
-            check_training(kernels);
+            for with_relu in [false, true] {
+                check_training(kernels, with_relu);
+            }
         }
     }
 
-    fn check_training(kernels: bool) {
+    fn check_training(kernels: bool, with_relu: bool) {
         let (ours, theirs) = pair();
         let x = input();
         let weights =
             Tensor::<A, 4>::random([4, 3, 5, 6], Distribution::Normal(0.0, 1.0), &FlexDevice);
-        let a = ours.forward_with(x.clone(), kernels);
+        let a = ours.forward_with(x.clone(), with_relu, kernels);
         let b = theirs.forward(x.clone());
+        let b = if with_relu { relu(b) } else { b };
         a.to_data()
             .assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-4));
         let ga = (a * weights.clone()).sum().backward();
@@ -209,11 +232,13 @@ mod tests {
     #[test]
     fn matches_burn_batch_norm_in_inference() {
         for kernels in [true, false] {
-            check_inference(kernels);
+            for with_relu in [false, true] {
+                check_inference(kernels, with_relu);
+            }
         }
     }
 
-    fn check_inference(kernels: bool) {
+    fn check_inference(kernels: bool, with_relu: bool) {
         let (ours, theirs) = pair();
         // Move the running statistics away from (0, 1) first.
         let x = input();
@@ -222,9 +247,11 @@ mod tests {
         let (ours, theirs) = (ours.valid(), theirs.valid());
         let x =
             Tensor::<Flex, 4>::random([2, 3, 4, 4], Distribution::Normal(1.0, 2.0), &FlexDevice);
-        ours.forward_with(x.clone(), kernels)
+        let b = theirs.forward(x.clone());
+        let b = if with_relu { relu(b) } else { b };
+        ours.forward_with(x, with_relu, kernels)
             .to_data()
-            .assert_approx_eq::<f32>(&theirs.forward(x).to_data(), Tolerance::absolute(1e-4));
+            .assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-4));
     }
 
     #[test]

@@ -29,14 +29,15 @@ pub struct ConvGrads<B: Backend> {
 
 /// Backends with (possibly faster) convolution and batch norm. The defaults are Burn's ops.
 pub trait KernelBackend: Backend {
-    /// Training-mode batch norm of `x` `[n, c, hw]`: `Some([y, mean, var])` (biased batch
-    /// variance, per channel) where the backend has a kernel; `None` sends the model to
-    /// its tensor-op version (`model::norm`).
+    /// Training-mode batch norm of `x` `[n, c, hw]`, then a ReLU when `relu`:
+    /// `Some([y, mean, var])` (biased batch variance, per channel) where the backend has a
+    /// kernel; `None` sends the model to its tensor-op version (`model::norm`).
     fn fast_batch_norm(
         _x: FloatTensor<Self>,
         _gamma: FloatTensor<Self>,
         _beta: FloatTensor<Self>,
         _epsilon: f64,
+        _relu: bool,
     ) -> Option<[FloatTensor<Self>; 3]> {
         None
     }
@@ -47,20 +48,31 @@ pub trait KernelBackend: Backend {
         _x: FloatTensor<Self>,
         _scale: FloatTensor<Self>,
         _shift: FloatTensor<Self>,
+        _relu: bool,
     ) -> Option<FloatTensor<Self>> {
         None
     }
 
-    /// Gradients `[dx, dgamma, dbeta]` of [`KernelBackend::fast_batch_norm`].
+    /// Gradients `[dx, dgamma, dbeta]` of [`KernelBackend::fast_batch_norm`];
+    /// `relu_output` is the forward's output when it ended with a ReLU.
     fn fast_batch_norm_backward(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        relu_output: Option<FloatTensor<Self>>,
         output_grad: FloatTensor<Self>,
         epsilon: f64,
     ) -> [FloatTensor<Self>; 3] {
-        batch_norm_backward_reference::<Self>(x, mean, var, gamma, output_grad, epsilon)
+        batch_norm_backward_reference::<Self>(
+            x,
+            mean,
+            var,
+            gamma,
+            relu_output,
+            output_grad,
+            epsilon,
+        )
     }
 
     fn fast_conv2d(
@@ -110,12 +122,16 @@ pub fn batch_norm_backward_reference<B: Backend>(
     mean: FloatTensor<B>,
     var: FloatTensor<B>,
     gamma: FloatTensor<B>,
+    relu_output: Option<FloatTensor<B>>,
     output_grad: FloatTensor<B>,
     epsilon: f64,
 ) -> [FloatTensor<B>; 3] {
     let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
     let t1 = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
-    let (x, dy) = (t3(x), t3(output_grad));
+    let (x, mut dy) = (t3(x), t3(output_grad));
+    if let Some(y) = relu_output {
+        dy = dy.mask_fill(t3(y).lower_equal_elem(0.0), 0.0);
+    }
     let [n, c, hw] = x.dims();
     let count = (n * hw) as f64;
     let inv_std = t1(var)
@@ -210,10 +226,21 @@ fn flex_from(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 }
 
 impl KernelBackend for Flex {
-    fn fast_scale_shift(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> Option<FlexTensor> {
+    fn fast_scale_shift(
+        x: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        relu: bool,
+    ) -> Option<FlexTensor> {
         let s = bn_shape(&x, &[&scale, &shift])?;
         let [x, scale, shift] = [&x, &scale, &shift].map(contiguous);
-        let y = bn_kernel::scale_shift(&s, f32_slice(&x), f32_slice(&scale), f32_slice(&shift));
+        let y = bn_kernel::scale_shift(
+            &s,
+            f32_slice(&x),
+            f32_slice(&scale),
+            f32_slice(&shift),
+            relu,
+        );
         Some(flex_from(y, vec![s.n, s.c, s.hw]))
     }
 
@@ -222,6 +249,7 @@ impl KernelBackend for Flex {
         gamma: FlexTensor,
         beta: FlexTensor,
         epsilon: f64,
+        relu: bool,
     ) -> Option<[FlexTensor; 3]> {
         let s = bn_shape(&x, &[&gamma, &beta])?;
         let (x, gamma, beta) = (contiguous(&x), contiguous(&gamma), contiguous(&beta));
@@ -231,6 +259,7 @@ impl KernelBackend for Flex {
             f32_slice(&gamma),
             f32_slice(&beta),
             epsilon,
+            relu,
         );
         Some([
             flex_from(out.y, vec![s.n, s.c, s.hw]),
@@ -244,30 +273,35 @@ impl KernelBackend for Flex {
         mean: FlexTensor,
         var: FlexTensor,
         gamma: FlexTensor,
+        relu_output: Option<FlexTensor>,
         output_grad: FlexTensor,
         epsilon: f64,
     ) -> [FlexTensor; 3] {
-        let fits = bn_shape(&x, &[&mean, &var, &gamma]).filter(|s| {
-            output_grad.dtype() == DType::F32
-                && output_grad.layout().shape().num_elements() == s.len()
-        });
+        let same = |t: &FlexTensor, s: &BnShape| {
+            t.dtype() == DType::F32 && t.layout().shape().num_elements() == s.len()
+        };
+        let fits = bn_shape(&x, &[&mean, &var, &gamma])
+            .filter(|s| same(&output_grad, s) && relu_output.as_ref().is_none_or(|y| same(y, s)));
         let Some(s) = fits else {
             return batch_norm_backward_reference::<Flex>(
                 x,
                 mean,
                 var,
                 gamma,
+                relu_output,
                 output_grad,
                 epsilon,
             );
         };
         let [x, mean, var, gamma, dy] = [&x, &mean, &var, &gamma, &output_grad].map(contiguous);
+        let relu_output = relu_output.as_ref().map(contiguous);
         let g = bn_kernel::backward(
             &s,
             f32_slice(&x),
             f32_slice(&mean),
             f32_slice(&var),
             f32_slice(&gamma),
+            relu_output.as_ref().map(f32_slice),
             f32_slice(&dy),
             epsilon,
         );
@@ -416,18 +450,20 @@ impl<B: KernelBackend> Backward<B, 3> for ConvWithBias {
 struct BatchNormOp;
 
 impl<B: KernelBackend> Backward<B, 3> for BatchNormOp {
+    /// Input, mean, variance, gamma, the output if a ReLU ended the op, epsilon.
     type State = (
         FloatTensor<B>,
         FloatTensor<B>,
         FloatTensor<B>,
         FloatTensor<B>,
+        Option<FloatTensor<B>>,
         f64,
     );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _cp: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let (x, mean, var, gamma, epsilon) = ops.state;
-        let g = B::fast_batch_norm_backward(x, mean, var, gamma, grad, epsilon);
+        let (x, mean, var, gamma, relu_output, epsilon) = ops.state;
+        let g = B::fast_batch_norm_backward(x, mean, var, gamma, relu_output, grad, epsilon);
         for (node, t) in ops.parents.into_iter().zip(g) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, t);
@@ -442,28 +478,34 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> Option<[FloatTensor<Self>; 3]> {
         let [y, mean, var] = B::fast_batch_norm(
             x.primitive.clone(),
             gamma.primitive.clone(),
             beta.primitive.clone(),
             epsilon,
+            relu,
         )?;
         let y = match BatchNormOp
             .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(
-                (
-                    x.primitive,
-                    mean.clone(),
-                    var.clone(),
-                    gamma.primitive,
-                    epsilon,
-                ),
-                y,
-            ),
+            OpsKind::Tracked(prep) => {
+                let relu_output = relu.then(|| y.clone());
+                prep.finish(
+                    (
+                        x.primitive,
+                        mean.clone(),
+                        var.clone(),
+                        gamma.primitive,
+                        relu_output,
+                        epsilon,
+                    ),
+                    y,
+                )
+            }
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
         Some([y, Self::from_inner(mean), Self::from_inner(var)])
@@ -665,31 +707,40 @@ mod tests {
         let dy = Tensor::<Flex, 3>::random([6, 4, 10], normal, &device);
         let p = |t: Tensor<Flex, 3>| t.into_primitive().tensor();
         let q = |t: Tensor<Flex, 1>| t.into_primitive().tensor();
-        let [_, mean, var] = Flex::fast_batch_norm(p(x.clone()), q(gamma.clone()), q(beta), 1e-5)
-            .expect("f32 [n, c, hw] takes the kernel");
-        let args = || {
-            (
-                p(x.clone()),
-                mean.clone(),
-                var.clone(),
-                q(gamma.clone()),
-                p(dy.clone()),
-            )
-        };
-        let (a, b, c, d, e) = args();
-        let ours = Flex::fast_batch_norm_backward(a, b, c, d, e, 1e-5);
-        let (a, b, c, d, e) = args();
-        let reference = batch_norm_backward_reference::<Flex>(a, b, c, d, e, 1e-5);
-        for (i, (o, r)) in ours.into_iter().zip(reference).enumerate() {
-            let diff = Flex::float_max_abs_diff(o, r);
-            assert!(diff < 1e-4, "gradient {i}: max abs diff {diff}");
+        // Without and with the fused ReLU.
+        for relu in [false, true] {
+            let [y, mean, var] =
+                Flex::fast_batch_norm(p(x.clone()), q(gamma.clone()), q(beta.clone()), 1e-5, relu)
+                    .expect("f32 [n, c, hw] takes the kernel");
+            let relu_output = relu.then_some(y);
+            let args = || {
+                (
+                    p(x.clone()),
+                    mean.clone(),
+                    var.clone(),
+                    q(gamma.clone()),
+                    relu_output.clone(),
+                    p(dy.clone()),
+                )
+            };
+            let (a, b, c, d, e, f) = args();
+            let ours = Flex::fast_batch_norm_backward(a, b, c, d, e, f, 1e-5);
+            let (a, b, c, d, e, f) = args();
+            let reference = batch_norm_backward_reference::<Flex>(a, b, c, d, e, f, 1e-5);
+            for (i, (o, r)) in ours.into_iter().zip(reference).enumerate() {
+                let diff = Flex::float_max_abs_diff(o, r);
+                assert!(
+                    diff < 1e-4,
+                    "relu {relu}, gradient {i}: max abs diff {diff}"
+                );
+            }
         }
         // Other ranks go to the tensor-op version.
         let x4 = Tensor::<Flex, 4>::zeros([2, 4, 3, 3], &device)
             .into_primitive()
             .tensor();
         let g = Tensor::<Flex, 1>::ones([4], &device);
-        assert!(Flex::fast_batch_norm(x4, q(g.clone()), q(g), 1e-5).is_none());
+        assert!(Flex::fast_batch_norm(x4, q(g.clone()), q(g), 1e-5, false).is_none());
     }
 
     /// Without autodiff (the teacher and evaluation path) the output is the same too.
