@@ -248,7 +248,7 @@ impl From<BackendArg> for BackendKind {
 }
 
 fn main() -> ExitCode {
-    selfdistill::alloc::tune_for_training();
+    let _ = selfdistill::alloc::tune_for_training();
     let cli = Cli::parse();
     let result = match cli.command {
         None => no_command(&cli.ui),
