@@ -13,7 +13,6 @@
 //! few batches, cycled), so the figures are the network's cost, not the data pipeline's.
 //! Optimiser: SGD lr 0.05, momentum 0.9, dampening 0, weight decay 5e-4, as the trainer.
 
-use crate::model::TrainBackend;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -28,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::distill::{correct_count, kd_loss};
-use crate::model::{Arch, ModelSpec, Net};
+use crate::model::{Arch, ModelSpec, Net, TrainBackend};
 use crate::train::backend::{self, BackendKind};
 
 /// Version of the JSON layout; `bench/pytorch_bench.py` writes the same.

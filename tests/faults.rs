@@ -235,12 +235,14 @@ fn kill_9_at_random_points_then_resume_gives_the_uninterrupted_numbers() {
             "{second_err}"
         );
     }
-    // Let the last process finish, then make sure the run is complete.
+    // Let the last process finish, then make sure the run is complete. A kill can land
+    // after the run recorded its end but before the process exited; the resume that
+    // follows then rightly refuses ("already finished") and the checks below still hold.
     let last = child.wait_with_output().unwrap();
+    let last_err = String::from_utf8_lossy(&last.stderr);
     assert!(
-        last.status.success(),
-        "{}",
-        String::from_utf8_lossy(&last.stderr)
+        last.status.success() || last_err.contains("already finished"),
+        "{last_err}"
     );
     let out = f.resume(&dir).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -233,6 +233,23 @@ fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut
     }
 }
 
+/// The im2col matrix of one sample: the sample itself for a pointwise convolution,
+/// otherwise built in `cols`.
+fn cols_of<'a>(
+    d: &Dims,
+    runs: &[Run],
+    x: &'a [f32],
+    cols: &'a mut [f32],
+    phases: &mut Vec<f32>,
+) -> &'a [f32] {
+    if d.is_pointwise() {
+        x
+    } else {
+        im2col(d, runs, x, cols, phases);
+        cols
+    }
+}
+
 /// Splits every row of `rows x w` values into its `stride` column phases, each padded to
 /// `ceil(w / stride)`: phase `p` of a row holds columns `p, p + stride, ...`. A strided
 /// convolution then reads (and writes back) each kernel column as one contiguous run.
@@ -396,12 +413,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
                 s
             },
             |Scratch { cols, phases, .. }, (yn, xn)| {
-                let cols: &[f32] = if d.is_pointwise() {
-                    xn
-                } else {
-                    im2col(&d, &runs, xn, cols, phases);
-                    cols
-                };
+                let cols = cols_of(&d, &runs, xn, cols, phases);
                 gemm(
                     s.c_out,
                     d.l,
@@ -494,12 +506,7 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
             let xn = &x[n * d.x_len..(n + 1) * d.x_len];
             let dyn_ = &dy[n * y_len..(n + 1) * y_len];
             if let Some(dw) = dw.as_deref_mut() {
-                let cols_n: &[f32] = if pointwise {
-                    xn
-                } else {
-                    im2col(&d, &runs, xn, cols, phases);
-                    cols
-                };
+                let cols_n = cols_of(&d, &runs, xn, cols, phases);
                 // dW[c_out, k] += dY_n[c_out, l] @ cols_n^T[l, k], stored transposed: then
                 // gemm packs the small dY_n instead of the whole im2col matrix.
                 gemm(

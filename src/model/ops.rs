@@ -212,6 +212,15 @@ fn bn_shape(x: &FlexTensor, per_channel: &[&FlexTensor]) -> Option<BnShape> {
     ok.then_some(BnShape { n, c, hw })
 }
 
+/// One `[n, c, hw]` tensor and two per-channel `[c]` tensors.
+fn bn_tensors(s: &BnShape, full: Vec<f32>, a: Vec<f32>, b: Vec<f32>) -> [FlexTensor; 3] {
+    [
+        flex_from(full, vec![s.n, s.c, s.hw]),
+        flex_from(a, vec![s.c]),
+        flex_from(b, vec![s.c]),
+    ]
+}
+
 fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
@@ -261,11 +270,7 @@ impl KernelBackend for Flex {
             epsilon,
             relu,
         );
-        Some([
-            flex_from(out.y, vec![s.n, s.c, s.hw]),
-            flex_from(out.mean, vec![s.c]),
-            flex_from(out.var, vec![s.c]),
-        ])
+        Some(bn_tensors(&s, out.y, out.mean, out.var))
     }
 
     fn fast_batch_norm_backward(
@@ -305,11 +310,7 @@ impl KernelBackend for Flex {
             f32_slice(&dy),
             epsilon,
         );
-        [
-            flex_from(g.dx, vec![s.n, s.c, s.hw]),
-            flex_from(g.dgamma, vec![s.c]),
-            flex_from(g.dbeta, vec![s.c]),
-        ]
+        bn_tensors(&s, g.dx, g.dgamma, g.dbeta)
     }
 
     fn fast_conv2d(

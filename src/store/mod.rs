@@ -10,7 +10,6 @@
 pub mod follow;
 pub mod resume;
 
-use crate::model::KernelBackend;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +18,7 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
 
-use crate::model::Net;
+use crate::model::{KernelBackend, Net};
 use crate::preset::Preset;
 use crate::train::events::{EvalMetrics, JobKey, RunStatus, TrainEvent};
 use crate::train::summary::RunSummary;

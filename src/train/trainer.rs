@@ -1,7 +1,6 @@
 //! The trainer: runs seeds x methods x generations on one thread, emitting events,
 //! recording the run folder and obeying controls between steps.
 
-use crate::model::{KernelBackend, TrainBackend};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +26,7 @@ use super::events::{
 use super::schedule::Schedule;
 use crate::data::{self, Augment, DataOptions, LoadedData, Normalizer, Split, SyntheticConfig};
 use crate::distill::{correct_count, cross_entropy, kd_loss};
-use crate::model::{ModelSpec, Net};
+use crate::model::{KernelBackend, ModelSpec, Net, TrainBackend};
 use crate::preset::{limits, Cifar100Labels, Preset, TeacherChoice};
 use crate::store::resume::{
     self as resume_store, files, BestMeta, MidJobMeta, PreviousMeta, ResumePoint, ResumeState,
