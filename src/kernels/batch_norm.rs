@@ -70,16 +70,53 @@ fn relu(v: f32) -> f32 {
     }
 }
 
+/// What follows the normalisation in the same pass: `+ residual` (a ResNet shortcut, same
+/// shape as the input), then a ReLU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// The epilogue for plane `plane` (`hw` values) applied to `v`, index `i` in the plane.
+    #[inline(always)]
+    fn apply(&self, plane: &[f32], i: usize, v: f32) -> f32 {
+        let v = if self.residual.is_some() {
+            v + plane[i]
+        } else {
+            v
+        };
+        if self.relu {
+            relu(v)
+        } else {
+            v
+        }
+    }
+
+    fn plane<'b>(&'b self, s: &BnShape, plane: usize) -> &'b [f32] {
+        self.residual
+            .map_or(&[][..], |r| &r[plane * s.hw..(plane + 1) * s.hw])
+    }
+
+    fn check(&self, s: &BnShape) {
+        if let Some(r) = self.residual {
+            assert_eq!(r.len(), s.len(), "batch norm: residual length");
+        }
+    }
+}
+
 /// `y = (x - mean) / sqrt(var + eps) * gamma + beta` with the batch's statistics, followed
-/// by a ReLU when `with_relu`.
+/// by the epilogue (residual add, ReLU).
 pub fn forward(
     s: &BnShape,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f64,
-    with_relu: bool,
+    epilogue: Epilogue,
 ) -> BnForward {
+    epilogue.check(s);
     assert_eq!(x.len(), s.len(), "batch norm: input length");
     assert!(
         gamma.len() == s.c && beta.len() == s.c,
@@ -103,29 +140,24 @@ pub fn forward(
         .for_each(|(plane, (y, x))| {
             let ch = plane % s.c;
             let (m, k, b) = (mean[ch], scale[ch], beta[ch]);
-            if with_relu {
-                for (y, x) in y.iter_mut().zip(x) {
-                    *y = relu((x - m) * k + b);
-                }
-            } else {
-                for (y, x) in y.iter_mut().zip(x) {
-                    *y = (x - m) * k + b;
-                }
+            let r = epilogue.plane(s, plane);
+            for (i, (y, x)) in y.iter_mut().zip(x).enumerate() {
+                *y = epilogue.apply(r, i, (x - m) * k + b);
             }
         });
     BnForward { y, mean, var }
 }
 
 /// `y = x * scale[c] + shift[c]`: inference-mode batch norm with the running statistics
-/// folded into one scale and shift per channel, then a ReLU when `with_relu`; one parallel
-/// pass.
+/// folded into one scale and shift per channel, then the epilogue; one parallel pass.
 pub fn scale_shift(
     s: &BnShape,
     x: &[f32],
     scale: &[f32],
     shift: &[f32],
-    with_relu: bool,
+    epilogue: Epilogue,
 ) -> Vec<f32> {
+    epilogue.check(s);
     assert_eq!(x.len(), s.len(), "batch norm: input length");
     assert!(
         scale.len() == s.c && shift.len() == s.c,
@@ -139,9 +171,9 @@ pub fn scale_shift(
             .for_each(|(plane, (y, x))| {
                 let ch = plane % s.c;
                 let (k, b) = (scale[ch], shift[ch]);
-                for (y, x) in y.iter_mut().zip(x) {
-                    let v = x * k + b;
-                    *y = if with_relu { relu(v) } else { v };
+                let r = epilogue.plane(s, plane);
+                for (i, (y, x)) in y.iter_mut().zip(x).enumerate() {
+                    *y = epilogue.apply(r, i, x * k + b);
                 }
             });
     }
@@ -153,6 +185,9 @@ pub struct BnBackward {
     pub dx: Vec<f32>,
     pub dgamma: Vec<f32>,
     pub dbeta: Vec<f32>,
+    /// With a ReLU epilogue: `dy` zeroed where the output was not positive, i.e. the
+    /// gradient of the value before the ReLU (and of a residual added there).
+    pub masked_dy: Option<Vec<f32>>,
 }
 
 /// With `xhat = (x - mean) * inv_std` and `M = n * hw`:
@@ -173,19 +208,14 @@ pub fn backward(
 ) -> BnBackward {
     assert_eq!(x.len(), s.len(), "batch norm backward: input length");
     assert_eq!(dy.len(), s.len(), "batch norm backward: gradient length");
-    let masked: Vec<f32>;
-    let dy = match relu_output {
-        Some(y) => {
-            assert_eq!(y.len(), s.len(), "batch norm backward: output length");
-            masked = y
-                .par_iter()
-                .zip(dy.par_iter())
-                .map(|(y, d)| if *y <= 0.0 { 0.0 } else { *d })
-                .collect();
-            &masked[..]
-        }
-        None => dy,
-    };
+    let masked_dy: Option<Vec<f32>> = relu_output.map(|y| {
+        assert_eq!(y.len(), s.len(), "batch norm backward: output length");
+        y.par_iter()
+            .zip(dy.par_iter())
+            .map(|(y, d)| if *y <= 0.0 { 0.0 } else { *d })
+            .collect()
+    });
+    let dy = masked_dy.as_deref().unwrap_or(dy);
     assert!(mean.len() == s.c && var.len() == s.c && gamma.len() == s.c);
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (*v as f64 + eps).sqrt()).collect();
     let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..s.c)
@@ -221,7 +251,12 @@ pub fn backward(
                 }
             });
     }
-    BnBackward { dx, dgamma, dbeta }
+    BnBackward {
+        dx,
+        dgamma,
+        dbeta,
+        masked_dy,
+    }
 }
 
 #[cfg(test)]
@@ -244,7 +279,7 @@ mod tests {
 
     /// The loss `sum(y * w)` for fixed weights `w`, in f64, for finite differences.
     fn loss(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], w: &[f32]) -> f64 {
-        let y = forward(s, x, gamma, beta, 1e-5, false).y;
+        let y = forward(s, x, gamma, beta, 1e-5, Epilogue::default()).y;
         y.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum()
     }
 
@@ -252,7 +287,7 @@ mod tests {
     fn forward_normalises_each_channel() {
         let s = BnShape { n: 4, c: 3, hw: 5 };
         let x = values(s.len(), 1);
-        let out = forward(&s, &x, &[1.0; 3], &[0.0; 3], 0.0, false);
+        let out = forward(&s, &x, &[1.0; 3], &[0.0; 3], 0.0, Epilogue::default());
         for ch in 0..3 {
             let vals: Vec<f64> = s.planes(&out.y, ch).flatten().map(|v| *v as f64).collect();
             let mean = vals.iter().sum::<f64>() / vals.len() as f64;
@@ -265,7 +300,14 @@ mod tests {
             assert!((out.mean[ch] as f64 - xm).abs() < 1e-5);
         }
         // gamma and beta scale and shift.
-        let affine = forward(&s, &x, &[2.0, 0.5, -1.0], &[1.0, 0.0, 3.0], 0.0, false);
+        let affine = forward(
+            &s,
+            &x,
+            &[2.0, 0.5, -1.0],
+            &[1.0, 0.0, 3.0],
+            0.0,
+            Epilogue::default(),
+        );
         for (i, (a, b)) in affine.y.iter().zip(&out.y).enumerate() {
             let ch = i / s.hw % s.c;
             let want = [2.0, 0.5, -1.0][ch] * b + [1.0, 0.0, 3.0][ch];
@@ -277,8 +319,14 @@ mod tests {
     fn scale_shift_applies_per_channel_terms() {
         let s = BnShape { n: 2, c: 3, hw: 4 };
         let x = values(s.len(), 9);
-        let y = scale_shift(&s, &x, &[2.0, -1.0, 0.5], &[0.0, 1.0, -3.0], false);
-        let r = scale_shift(&s, &x, &[2.0, -1.0, 0.5], &[0.0, 1.0, -3.0], true);
+        let y = scale_shift(
+            &s,
+            &x,
+            &[2.0, -1.0, 0.5],
+            &[0.0, 1.0, -3.0],
+            Epilogue::default(),
+        );
+        let r = scale_shift(&s, &x, &[2.0, -1.0, 0.5], &[0.0, 1.0, -3.0], RELU);
         assert!(r.iter().zip(&y).all(|(r, y)| *r == y.max(0.0)));
         assert!(r.contains(&0.0) && r.iter().any(|v| *v > 0.0));
         for (i, (y, x)) in y.iter().zip(&x).enumerate() {
@@ -295,7 +343,7 @@ mod tests {
         let gamma = [1.5f32, -0.7];
         let beta = [0.2f32, 0.4];
         let w = values(s.len(), 3);
-        let f = forward(&s, &x, &gamma, &beta, 1e-5, false);
+        let f = forward(&s, &x, &gamma, &beta, 1e-5, Epilogue::default());
         let g = backward(&s, &x, &f.mean, &f.var, &gamma, None, &w, 1e-5);
         let h = 1e-2f32;
         for i in 0..s.len() {
@@ -335,8 +383,8 @@ mod tests {
         let dy = values(s.len(), 12);
         let gamma = values(4, 13);
         let beta = values(4, 14);
-        let plain = forward(&s, &x, &gamma, &beta, 1e-5, false);
-        let fused = forward(&s, &x, &gamma, &beta, 1e-5, true);
+        let plain = forward(&s, &x, &gamma, &beta, 1e-5, Epilogue::default());
+        let fused = forward(&s, &x, &gamma, &beta, 1e-5, RELU);
         assert_eq!(plain.mean, fused.mean);
         assert_eq!(plain.var, fused.var);
         let want: Vec<f32> = plain.y.iter().map(|v| v.max(0.0)).collect();
@@ -362,7 +410,63 @@ mod tests {
         assert_eq!((a.dx, a.dgamma, a.dbeta), (b.dx, b.dgamma, b.dbeta));
         let mut nan = x.clone();
         nan[0] = f32::NAN;
-        assert!(forward(&s, &nan, &gamma, &beta, 1e-5, true).y[0].is_nan());
+        assert!(forward(&s, &nan, &gamma, &beta, 1e-5, RELU).y[0].is_nan());
+    }
+
+    const RELU: Epilogue = Epilogue {
+        residual: None,
+        relu: true,
+    };
+
+    /// A residual added before the ReLU: forward is relu(bn(x) + r); its gradient is the
+    /// masked output gradient, and the batch-norm gradients use that same mask.
+    #[test]
+    fn fused_residual_add_and_relu() {
+        let s = BnShape { n: 2, c: 3, hw: 5 };
+        let x = values(s.len(), 21);
+        let r = values(s.len(), 22);
+        let dy = values(s.len(), 23);
+        let (gamma, beta) = (values(3, 24), values(3, 25));
+        let epi = Epilogue {
+            residual: Some(&r),
+            relu: true,
+        };
+        let plain = forward(&s, &x, &gamma, &beta, 1e-5, Epilogue::default());
+        let fused = forward(&s, &x, &gamma, &beta, 1e-5, epi);
+        let want: Vec<f32> = plain
+            .y
+            .iter()
+            .zip(&r)
+            .map(|(y, r)| (y + r).max(0.0))
+            .collect();
+        assert_eq!(fused.y, want);
+        let g = backward(
+            &s,
+            &x,
+            &fused.mean,
+            &fused.var,
+            &gamma,
+            Some(&fused.y),
+            &dy,
+            1e-5,
+        );
+        let masked: Vec<f32> = want
+            .iter()
+            .zip(&dy)
+            .map(|(y, d)| if *y > 0.0 { *d } else { 0.0 })
+            .collect();
+        assert_eq!(g.masked_dy.as_deref(), Some(&masked[..]));
+        let b = backward(&s, &x, &plain.mean, &plain.var, &gamma, None, &masked, 1e-5);
+        assert_eq!((g.dx, g.dgamma, g.dbeta), (b.dx, b.dgamma, b.dbeta));
+        assert!(b.masked_dy.is_none());
+        let inf = scale_shift(&s, &x, &gamma, &beta, epi);
+        let inf_plain = scale_shift(&s, &x, &gamma, &beta, Epilogue::default());
+        let want: Vec<f32> = inf_plain
+            .iter()
+            .zip(&r)
+            .map(|(y, r)| (y + r).max(0.0))
+            .collect();
+        assert_eq!(inf, want);
     }
 
     #[test]
@@ -378,7 +482,7 @@ mod tests {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let f = forward(&s, &x, &gamma, &beta, 1e-5, true);
+                let f = forward(&s, &x, &gamma, &beta, 1e-5, RELU);
                 let b = backward(&s, &x, &f.mean, &f.var, &gamma, Some(&f.y), &dy, 1e-5);
                 (f.y, f.mean, f.var, b.dx, b.dgamma, b.dbeta)
             })

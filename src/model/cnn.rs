@@ -25,13 +25,13 @@ impl<B: KernelBackend> ConvBn<B> {
         }
     }
 
-    /// Without the ReLU (ResNet blocks add the shortcut first).
-    pub fn forward_linear(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(conv2d(&self.conv, x))
-    }
-
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.bn.forward_relu(conv2d(&self.conv, x))
+    }
+
+    /// `relu(conv-BN(x) + residual)`, the end of a ResNet block.
+    pub fn forward_add_relu(&self, x: Tensor<B, 4>, residual: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.bn.forward_add_relu(conv2d(&self.conv, x), residual)
     }
 }
 

@@ -40,29 +40,51 @@ impl<B: KernelBackend> BatchNorm2d<B> {
 
     /// Batch statistics while training (autodiff backends), running ones otherwise.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.forward_with(x, false, true)
+        self.forward_with(x, Epilogue::default(), true)
     }
 
     /// `relu(self.forward(x))`, fused into the kernel where the backend has one (one pass
     /// and one buffer fewer, forward and backward).
     pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.forward_with(x, true, true)
+        let relu = Epilogue {
+            residual: None,
+            relu: true,
+        };
+        self.forward_with(x, relu, true)
+    }
+
+    /// `relu(self.forward(x) + residual)`: the end of a ResNet block, fused likewise.
+    pub fn forward_add_relu(&self, x: Tensor<B, 4>, residual: Tensor<B, 4>) -> Tensor<B, 4> {
+        let epilogue = Epilogue {
+            residual: Some(residual),
+            relu: true,
+        };
+        self.forward_with(x, epilogue, true)
     }
 
     /// `kernels: false` skips the backend's batch-norm kernel (the tensor-op version that
     /// backends without one use; tested on the CPU too).
-    fn forward_with(&self, x: Tensor<B, 4>, with_relu: bool, kernels: bool) -> Tensor<B, 4> {
+    fn forward_with(&self, x: Tensor<B, 4>, epilogue: Epilogue<B>, kernels: bool) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let x3 = x.reshape([n, c, h * w]);
+        let epilogue = Epilogue {
+            residual: epilogue.residual.map(|r| r.reshape([n, c, h * w])),
+            relu: epilogue.relu,
+        };
         let out = if B::ad_enabled(&x3.device()) {
-            self.forward_train(x3, with_relu, kernels)
+            self.forward_train(x3, epilogue, kernels)
         } else {
-            self.forward_inference(x3, with_relu, kernels)
+            self.forward_inference(x3, epilogue, kernels)
         };
         out.reshape([n, c, h, w])
     }
 
-    fn forward_train(&self, x: Tensor<B, 3>, with_relu: bool, kernels: bool) -> Tensor<B, 3> {
+    fn forward_train(
+        &self,
+        x: Tensor<B, 3>,
+        epilogue: Epilogue<B, 3>,
+        kernels: bool,
+    ) -> Tensor<B, 3> {
         let fast = kernels
             .then(|| {
                 B::fast_batch_norm(
@@ -70,7 +92,11 @@ impl<B: KernelBackend> BatchNorm2d<B> {
                     self.gamma.val().into_primitive().tensor(),
                     self.beta.val().into_primitive().tensor(),
                     self.epsilon,
-                    with_relu,
+                    epilogue
+                        .residual
+                        .clone()
+                        .map(|r| r.into_primitive().tensor()),
+                    epilogue.relu,
                 )
             })
             .flatten();
@@ -93,12 +119,7 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         let scale =
             var.add_scalar(self.epsilon).sqrt().recip() * self.gamma.val().reshape([1, c, 1]);
         let shift = self.beta.val().reshape([1, c, 1]);
-        let y = centered * scale.repeat_dim(0, n) + shift.repeat_dim(0, n);
-        if with_relu {
-            relu(y)
-        } else {
-            y
-        }
+        epilogue.apply(centered * scale.repeat_dim(0, n) + shift.repeat_dim(0, n))
     }
 
     /// `running = (1 - momentum) * running + momentum * batch` for mean and variance.
@@ -121,7 +142,12 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         );
     }
 
-    fn forward_inference(&self, x: Tensor<B, 3>, with_relu: bool, kernels: bool) -> Tensor<B, 3> {
+    fn forward_inference(
+        &self,
+        x: Tensor<B, 3>,
+        epilogue: Epilogue<B, 3>,
+        kernels: bool,
+    ) -> Tensor<B, 3> {
         let [n, c, _] = x.dims();
         let device = x.device();
         let mean = self.running_mean.value().to_device(&device);
@@ -134,15 +160,46 @@ impl<B: KernelBackend> BatchNorm2d<B> {
                 x.clone().into_primitive().tensor(),
                 scale.clone().into_primitive().tensor(),
                 shift.clone().into_primitive().tensor(),
-                with_relu,
+                epilogue
+                    .residual
+                    .clone()
+                    .map(|r| r.into_primitive().tensor()),
+                epilogue.relu,
             );
             if let Some(y) = fast {
                 return Tensor::from_primitive(TensorPrimitive::Float(y));
             }
         }
-        let y = x * scale.reshape([1, c, 1]).repeat_dim(0, n)
-            + shift.reshape([1, c, 1]).repeat_dim(0, n);
-        if with_relu {
+        epilogue.apply(
+            x * scale.reshape([1, c, 1]).repeat_dim(0, n)
+                + shift.reshape([1, c, 1]).repeat_dim(0, n),
+        )
+    }
+}
+
+/// What follows the normalisation: `+ residual`, then a ReLU. The kernels fuse it; the
+/// tensor-op version applies it with [`Epilogue::apply`].
+struct Epilogue<B: Backend, const D: usize = 4> {
+    residual: Option<Tensor<B, D>>,
+    relu: bool,
+}
+
+impl<B: Backend, const D: usize> Default for Epilogue<B, D> {
+    fn default() -> Self {
+        Epilogue {
+            residual: None,
+            relu: false,
+        }
+    }
+}
+
+impl<B: Backend, const D: usize> Epilogue<B, D> {
+    fn apply(self, y: Tensor<B, D>) -> Tensor<B, D> {
+        let y = match self.residual {
+            Some(r) => y + r,
+            None => y,
+        };
+        if self.relu {
             relu(y)
         } else {
             y
@@ -188,20 +245,33 @@ mod tests {
     #[test]
     fn matches_burn_batch_norm_in_training_output_gradients_and_running_stats() {
         // With the CPU kernel (what training uses) and with the tensor-op version (CUDA).
+        // Plain, with a ReLU, with a residual and a ReLU (the fused epilogues).
         for kernels in [true, false] {
-            for with_relu in [false, true] {
-                check_training(kernels, with_relu);
+            for (with_relu, with_residual) in [(false, false), (true, false), (true, true)] {
+                check_training(kernels, with_relu, with_residual);
             }
         }
     }
 
-    fn check_training(kernels: bool, with_relu: bool) {
+    fn check_training(kernels: bool, with_relu: bool, with_residual: bool) {
         let (ours, theirs) = pair();
         let x = input();
         let weights =
             Tensor::<A, 4>::random([4, 3, 5, 6], Distribution::Normal(0.0, 1.0), &FlexDevice);
-        let a = ours.forward_with(x.clone(), with_relu, kernels);
+        let residual = with_residual.then(|| {
+            Tensor::<A, 4>::random([4, 3, 5, 6], Distribution::Normal(0.0, 1.0), &FlexDevice)
+                .require_grad()
+        });
+        let epilogue = Epilogue {
+            residual: residual.clone(),
+            relu: with_relu,
+        };
+        let a = ours.forward_with(x.clone(), epilogue, kernels);
         let b = theirs.forward(x.clone());
+        let b = match &residual {
+            Some(r) => b + r.clone(),
+            None => b,
+        };
         let b = if with_relu { relu(b) } else { b };
         a.to_data()
             .assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-4));
@@ -219,6 +289,12 @@ mod tests {
         let gb_b = theirs.beta.val().grad(&gb).unwrap();
         gb_a.to_data()
             .assert_approx_eq::<f32>(&gb_b.to_data(), Tolerance::absolute(1e-3));
+        if let Some(r) = &residual {
+            r.grad(&ga).unwrap().to_data().assert_approx_eq::<f32>(
+                &r.grad(&gb).unwrap().to_data(),
+                Tolerance::absolute(1e-5),
+            );
+        }
         ours.running_mean.value().to_data().assert_approx_eq::<f32>(
             &theirs.running_mean.value().to_data(),
             Tolerance::absolute(1e-5),
@@ -232,13 +308,13 @@ mod tests {
     #[test]
     fn matches_burn_batch_norm_in_inference() {
         for kernels in [true, false] {
-            for with_relu in [false, true] {
-                check_inference(kernels, with_relu);
+            for (with_relu, with_residual) in [(false, false), (true, false), (true, true)] {
+                check_inference(kernels, with_relu, with_residual);
             }
         }
     }
 
-    fn check_inference(kernels: bool, with_relu: bool) {
+    fn check_inference(kernels: bool, with_relu: bool, with_residual: bool) {
         let (ours, theirs) = pair();
         // Move the running statistics away from (0, 1) first.
         let x = input();
@@ -247,9 +323,20 @@ mod tests {
         let (ours, theirs) = (ours.valid(), theirs.valid());
         let x =
             Tensor::<Flex, 4>::random([2, 3, 4, 4], Distribution::Normal(1.0, 2.0), &FlexDevice);
+        let residual = with_residual.then(|| {
+            Tensor::<Flex, 4>::random([2, 3, 4, 4], Distribution::Normal(0.0, 1.0), &FlexDevice)
+        });
         let b = theirs.forward(x.clone());
+        let b = match &residual {
+            Some(r) => b + r.clone(),
+            None => b,
+        };
         let b = if with_relu { relu(b) } else { b };
-        ours.forward_with(x, with_relu, kernels)
+        let epilogue = Epilogue {
+            residual,
+            relu: with_relu,
+        };
+        ours.forward_with(x, epilogue, kernels)
             .to_data()
             .assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-4));
     }

@@ -17,7 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, TensorPrimitive};
 
-use crate::kernels::batch_norm::{self as bn_kernel, BnShape};
+use crate::kernels::batch_norm::{self as bn_kernel, BnShape, Epilogue};
 use crate::kernels::conv2d::{self as kernel, Conv2dShape, Wants};
 
 /// Gradients of a convolution, each present when asked for.
@@ -27,34 +27,47 @@ pub struct ConvGrads<B: Backend> {
     pub bias: Option<FloatTensor<B>>,
 }
 
+/// Gradients of the batch-norm op.
+pub struct BnGrads<B: Backend> {
+    pub x: FloatTensor<B>,
+    pub gamma: FloatTensor<B>,
+    pub beta: FloatTensor<B>,
+    /// Of the value before the ReLU, which is also a residual's gradient.
+    pub sum: FloatTensor<B>,
+}
+
 /// Backends with (possibly faster) convolution and batch norm. The defaults are Burn's ops.
 pub trait KernelBackend: Backend {
-    /// Training-mode batch norm of `x` `[n, c, hw]`, then a ReLU when `relu`:
-    /// `Some([y, mean, var])` (biased batch variance, per channel) where the backend has a
-    /// kernel; `None` sends the model to its tensor-op version (`model::norm`).
+    /// Training-mode batch norm of `x` `[n, c, hw]`, plus `residual` (same shape) when
+    /// given, then a ReLU when `relu`: `Some([y, mean, var])` (biased batch variance, per
+    /// channel) where the backend has a kernel; `None` sends the model to its tensor-op
+    /// version (`model::norm`).
     fn fast_batch_norm(
         _x: FloatTensor<Self>,
         _gamma: FloatTensor<Self>,
         _beta: FloatTensor<Self>,
         _epsilon: f64,
+        _residual: Option<FloatTensor<Self>>,
         _relu: bool,
     ) -> Option<[FloatTensor<Self>; 3]> {
         None
     }
 
-    /// `x * scale[c] + shift[c]` for `x` `[n, c, hw]` (inference-mode batch norm with the
-    /// running statistics folded in) where the backend has a kernel; `None` otherwise.
+    /// `x * scale[c] + shift[c]` (+ `residual`, then ReLU, as asked) for `x` `[n, c, hw]`:
+    /// inference-mode batch norm with the running statistics folded in, where the backend
+    /// has a kernel; `None` otherwise.
     fn fast_scale_shift(
         _x: FloatTensor<Self>,
         _scale: FloatTensor<Self>,
         _shift: FloatTensor<Self>,
+        _residual: Option<FloatTensor<Self>>,
         _relu: bool,
     ) -> Option<FloatTensor<Self>> {
         None
     }
 
-    /// Gradients `[dx, dgamma, dbeta]` of [`KernelBackend::fast_batch_norm`];
-    /// `relu_output` is the forward's output when it ended with a ReLU.
+    /// Gradients of [`KernelBackend::fast_batch_norm`]; `relu_output` is the forward's
+    /// output when it ended with a ReLU.
     fn fast_batch_norm_backward(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -63,7 +76,7 @@ pub trait KernelBackend: Backend {
         relu_output: Option<FloatTensor<Self>>,
         output_grad: FloatTensor<Self>,
         epsilon: f64,
-    ) -> [FloatTensor<Self>; 3] {
+    ) -> BnGrads<Self> {
         batch_norm_backward_reference::<Self>(
             x,
             mean,
@@ -125,7 +138,7 @@ pub fn batch_norm_backward_reference<B: Backend>(
     relu_output: Option<FloatTensor<B>>,
     output_grad: FloatTensor<B>,
     epsilon: f64,
-) -> [FloatTensor<B>; 3] {
+) -> BnGrads<B> {
     let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
     let t1 = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
     let (x, mut dy) = (t3(x), t3(output_grad));
@@ -142,15 +155,17 @@ pub fn batch_norm_backward_reference<B: Backend>(
     let xhat = (x - t1(mean).reshape([1, c, 1])) * inv_std.clone();
     let dbeta = dy.clone().sum_dim(2).sum_dim(0);
     let dgamma = (dy.clone() * xhat.clone()).sum_dim(2).sum_dim(0);
-    let dx = (dy - dbeta.clone().div_scalar(count) - xhat * dgamma.clone().div_scalar(count))
-        * (t1(gamma).reshape([1, c, 1]) * inv_std);
+    let dx =
+        (dy.clone() - dbeta.clone().div_scalar(count) - xhat * dgamma.clone().div_scalar(count))
+            * (t1(gamma).reshape([1, c, 1]) * inv_std);
     let dgamma: Tensor<B, 1> = dgamma.reshape([c]);
     let dbeta: Tensor<B, 1> = dbeta.reshape([c]);
-    [
-        dx.into_primitive().tensor(),
-        dgamma.into_primitive().tensor(),
-        dbeta.into_primitive().tensor(),
-    ]
+    BnGrads {
+        x: dx.into_primitive().tensor(),
+        gamma: dgamma.into_primitive().tensor(),
+        beta: dbeta.into_primitive().tensor(),
+        sum: dy.into_primitive().tensor(),
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -221,6 +236,11 @@ fn bn_tensors(s: &BnShape, full: Vec<f32>, a: Vec<f32>, b: Vec<f32>) -> [FlexTen
     ]
 }
 
+/// An f32 tensor with as many values as the batch-norm input.
+fn same_size(t: &FlexTensor, s: &BnShape) -> bool {
+    t.dtype() == DType::F32 && t.layout().shape().num_elements() == s.len()
+}
+
 fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
@@ -239,16 +259,24 @@ impl KernelBackend for Flex {
         x: FlexTensor,
         scale: FlexTensor,
         shift: FlexTensor,
+        residual: Option<FlexTensor>,
         relu: bool,
     ) -> Option<FlexTensor> {
         let s = bn_shape(&x, &[&scale, &shift])?;
+        if !residual.as_ref().is_none_or(|r| same_size(r, &s)) {
+            return None;
+        }
         let [x, scale, shift] = [&x, &scale, &shift].map(contiguous);
+        let residual = residual.as_ref().map(contiguous);
         let y = bn_kernel::scale_shift(
             &s,
             f32_slice(&x),
             f32_slice(&scale),
             f32_slice(&shift),
-            relu,
+            Epilogue {
+                residual: residual.as_ref().map(f32_slice),
+                relu,
+            },
         );
         Some(flex_from(y, vec![s.n, s.c, s.hw]))
     }
@@ -258,17 +286,25 @@ impl KernelBackend for Flex {
         gamma: FlexTensor,
         beta: FlexTensor,
         epsilon: f64,
+        residual: Option<FlexTensor>,
         relu: bool,
     ) -> Option<[FlexTensor; 3]> {
         let s = bn_shape(&x, &[&gamma, &beta])?;
+        if !residual.as_ref().is_none_or(|r| same_size(r, &s)) {
+            return None;
+        }
         let (x, gamma, beta) = (contiguous(&x), contiguous(&gamma), contiguous(&beta));
+        let residual = residual.as_ref().map(contiguous);
         let out = bn_kernel::forward(
             &s,
             f32_slice(&x),
             f32_slice(&gamma),
             f32_slice(&beta),
             epsilon,
-            relu,
+            Epilogue {
+                residual: residual.as_ref().map(f32_slice),
+                relu,
+            },
         );
         Some(bn_tensors(&s, out.y, out.mean, out.var))
     }
@@ -281,12 +317,10 @@ impl KernelBackend for Flex {
         relu_output: Option<FlexTensor>,
         output_grad: FlexTensor,
         epsilon: f64,
-    ) -> [FlexTensor; 3] {
-        let same = |t: &FlexTensor, s: &BnShape| {
-            t.dtype() == DType::F32 && t.layout().shape().num_elements() == s.len()
-        };
-        let fits = bn_shape(&x, &[&mean, &var, &gamma])
-            .filter(|s| same(&output_grad, s) && relu_output.as_ref().is_none_or(|y| same(y, s)));
+    ) -> BnGrads<Self> {
+        let fits = bn_shape(&x, &[&mean, &var, &gamma]).filter(|s| {
+            same_size(&output_grad, s) && relu_output.as_ref().is_none_or(|y| same_size(y, s))
+        });
         let Some(s) = fits else {
             return batch_norm_backward_reference::<Flex>(
                 x,
@@ -310,7 +344,17 @@ impl KernelBackend for Flex {
             f32_slice(&dy),
             epsilon,
         );
-        bn_tensors(&s, g.dx, g.dgamma, g.dbeta)
+        let [x, gamma, beta] = bn_tensors(&s, g.dx, g.dgamma, g.dbeta);
+        let sum = match g.masked_dy {
+            Some(m) => flex_from(m, vec![s.n, s.c, s.hw]),
+            None => dy,
+        };
+        BnGrads {
+            x,
+            gamma,
+            beta,
+            sum,
+        }
     }
 
     fn fast_conv2d(
@@ -445,27 +489,48 @@ impl<B: KernelBackend> Backward<B, 3> for ConvWithBias {
     }
 }
 
-/// Autodiff batch norm: parents (x, gamma, beta); the state keeps the input and the batch
-/// statistics for the backward kernel.
+/// Input, mean, variance, gamma, the output if a ReLU ended the op, epsilon: what the
+/// batch-norm backward kernel needs.
+type BnState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    f64,
+);
+
+fn bn_grads<B: KernelBackend>(state: BnState<B>, grad: FloatTensor<B>) -> BnGrads<B> {
+    let (x, mean, var, gamma, relu_output, epsilon) = state;
+    B::fast_batch_norm_backward(x, mean, var, gamma, relu_output, grad, epsilon)
+}
+
+/// Autodiff batch norm: parents (x, gamma, beta).
 #[derive(Debug)]
 struct BatchNormOp;
+/// Autodiff batch norm plus a residual: parents (x, gamma, beta, residual).
+#[derive(Debug)]
+struct BatchNormResidualOp;
 
 impl<B: KernelBackend> Backward<B, 3> for BatchNormOp {
-    /// Input, mean, variance, gamma, the output if a ReLU ended the op, epsilon.
-    type State = (
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        Option<FloatTensor<B>>,
-        f64,
-    );
+    type State = BnState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _cp: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let (x, mean, var, gamma, relu_output, epsilon) = ops.state;
-        let g = B::fast_batch_norm_backward(x, mean, var, gamma, relu_output, grad, epsilon);
-        for (node, t) in ops.parents.into_iter().zip(g) {
+        let g = bn_grads::<B>(ops.state, grads.consume::<B>(&ops.node));
+        for (node, t) in ops.parents.into_iter().zip([g.x, g.gamma, g.beta]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, t);
+            }
+        }
+    }
+}
+
+impl<B: KernelBackend> Backward<B, 4> for BatchNormResidualOp {
+    type State = BnState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _cp: &mut Checkpointer) {
+        let g = bn_grads::<B>(ops.state, grads.consume::<B>(&ops.node));
+        for (node, t) in ops.parents.into_iter().zip([g.x, g.gamma, g.beta, g.sum]) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, t);
             }
@@ -479,6 +544,7 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        residual: Option<FloatTensor<Self>>,
         relu: bool,
     ) -> Option<[FloatTensor<Self>; 3]> {
         let [y, mean, var] = B::fast_batch_norm(
@@ -486,28 +552,34 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
             gamma.primitive.clone(),
             beta.primitive.clone(),
             epsilon,
+            residual.as_ref().map(|r| r.primitive.clone()),
             relu,
         )?;
-        let y = match BatchNormOp
-            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let relu_output = relu.then(|| y.clone());
-                prep.finish(
-                    (
-                        x.primitive,
-                        mean.clone(),
-                        var.clone(),
-                        gamma.primitive,
-                        relu_output,
-                        epsilon,
-                    ),
-                    y,
-                )
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
+        let state = (
+            x.primitive,
+            mean.clone(),
+            var.clone(),
+            gamma.primitive,
+            relu.then(|| y.clone()),
+            epsilon,
+        );
+        let y = match residual {
+            None => match BatchNormOp
+                .prepare::<C>([x.node, gamma.node, beta.node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+            Some(r) => match BatchNormResidualOp
+                .prepare::<C>([x.node, gamma.node, beta.node, r.node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
         };
         Some([y, Self::from_inner(mean), Self::from_inner(var)])
     }
@@ -710,9 +782,15 @@ mod tests {
         let q = |t: Tensor<Flex, 1>| t.into_primitive().tensor();
         // Without and with the fused ReLU.
         for relu in [false, true] {
-            let [y, mean, var] =
-                Flex::fast_batch_norm(p(x.clone()), q(gamma.clone()), q(beta.clone()), 1e-5, relu)
-                    .expect("f32 [n, c, hw] takes the kernel");
+            let [y, mean, var] = Flex::fast_batch_norm(
+                p(x.clone()),
+                q(gamma.clone()),
+                q(beta.clone()),
+                1e-5,
+                None,
+                relu,
+            )
+            .expect("f32 [n, c, hw] takes the kernel");
             let relu_output = relu.then_some(y);
             let args = || {
                 (
@@ -728,11 +806,17 @@ mod tests {
             let ours = Flex::fast_batch_norm_backward(a, b, c, d, e, f, 1e-5);
             let (a, b, c, d, e, f) = args();
             let reference = batch_norm_backward_reference::<Flex>(a, b, c, d, e, f, 1e-5);
-            for (i, (o, r)) in ours.into_iter().zip(reference).enumerate() {
+            let pairs = [
+                ("x", ours.x, reference.x),
+                ("gamma", ours.gamma, reference.gamma),
+                ("beta", ours.beta, reference.beta),
+                ("sum", ours.sum, reference.sum),
+            ];
+            for (name, o, r) in pairs {
                 let diff = Flex::float_max_abs_diff(o, r);
                 assert!(
                     diff < 1e-4,
-                    "relu {relu}, gradient {i}: max abs diff {diff}"
+                    "relu {relu}, gradient of {name}: max abs diff {diff}"
                 );
             }
         }
@@ -741,7 +825,10 @@ mod tests {
             .into_primitive()
             .tensor();
         let g = Tensor::<Flex, 1>::ones([4], &device);
-        assert!(Flex::fast_batch_norm(x4, q(g.clone()), q(g), 1e-5, false).is_none());
+        assert!(Flex::fast_batch_norm(x4, q(g.clone()), q(g.clone()), 1e-5, None, false).is_none());
+        // So does a residual of another size.
+        let r = Tensor::<Flex, 3>::zeros([6, 4, 9], &device);
+        assert!(Flex::fast_batch_norm(p(x), q(g.clone()), q(g), 1e-5, Some(p(r)), true).is_none());
     }
 
     /// Without autodiff (the teacher and evaluation path) the output is the same too.

@@ -5,7 +5,6 @@ use burn::prelude::*;
 
 use super::norm::BatchNorm2d;
 use super::ops::{conv2d, KernelBackend};
-use burn::tensor::activation::relu;
 
 use super::cnn::ConvBn;
 
@@ -45,7 +44,7 @@ impl<B: KernelBackend> BasicBlock<B> {
             Some(p) => p.bn.forward(conv2d(&p.conv, x.clone())),
             None => x.clone(),
         };
-        relu(self.b.forward_linear(self.a.forward(x)) + identity)
+        self.b.forward_add_relu(self.a.forward(x), identity)
     }
 }
 
