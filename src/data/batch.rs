@@ -10,7 +10,7 @@ use super::ImageSet;
 /// Smallest standard deviation used, so a constant channel does not divide by zero.
 const MIN_STD: f32 = 1e-3;
 
-/// Per-channel mean and standard deviation, in [0,1] pixel units.
+/// Per-channel mean and standard deviation, in `[0, 1]` pixel units.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Normalizer {
     pub mean: Vec<f32>,
@@ -20,7 +20,7 @@ pub struct Normalizer {
 impl Normalizer {
     /// Statistics of the images at `indices` (normally the training split only, so
     /// validation and test data do not leak into them). std is floored at 1e-3; with no
-    /// indices the result is mean 0, std 1 (pixels merely scaled to [0,1]).
+    /// indices the result is mean 0, std 1 (pixels merely scaled to `[0, 1]`).
     pub fn fit(set: &ImageSet, indices: &[usize]) -> Normalizer {
         let c = set.channels;
         let plane = set.height * set.width;

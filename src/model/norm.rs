@@ -1,12 +1,15 @@
 //! Batch normalisation for `[batch, channels, height, width]` activations.
 //!
 //! Same parameters, statistics and record layout as burn-nn's `BatchNorm` (so
-//! checkpoints are interchangeable), computed in a layout Burn's CPU backend handles
-//! with its fast paths: burn-nn reshapes a `swap_dims` view and broadcasts
-//! `[1, C, 1, 1]` tensors, which flex copies element by element; profiled, that was
-//! about 75% of a small CNN's training step (see BENCHMARKS.md). Here the activations
-//! are viewed as `[N, C, H*W]`, statistics reduce contiguous dimensions, and the
-//! per-channel scale and shift are repeated to `[N, C, 1]`.
+//! checkpoints are interchangeable). Where the backend has a batch-norm kernel
+//! ([`KernelBackend::fast_batch_norm`], flex: `crate::kernels::batch_norm`), training and
+//! inference go through it, with the following ReLU (and a ResNet block's residual add)
+//! fused in. Otherwise (CUDA) a tensor-op version runs, written in a layout Burn's CPU
+//! backend also handles well: burn-nn reshapes a `swap_dims` view and broadcasts
+//! `[1, C, 1, 1]` tensors, which flex copies element by element (about 75% of a small
+//! CNN's training step when profiled, see BENCHMARKS.md); here the activations are viewed
+//! as `[N, C, H*W]`, statistics reduce contiguous dimensions, and the per-channel scale
+//! and shift are repeated to `[N, C, 1]`. Both versions are tested against burn-nn.
 
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
