@@ -5,28 +5,21 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{ControlRow, EvalRow, GenerationRow, GenerationStart, Replacement, RunData};
+use crate::store::METRIC_COLUMNS;
 use crate::train::summary::{ComparisonRow, RunSummary};
 
-/// Columns of the evaluations CSV, one row per evaluation.
-pub const EVAL_COLUMNS: [&str; 17] = [
-    "seed",
-    "method",
-    "generation",
-    "step",
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "best_val_acc",
-    "lr",
-    "temperature",
-    "alpha",
-    "elapsed_s",
-    "cumulative_s",
-];
+/// Columns of the evaluations CSV, one row per evaluation: the run folder's
+/// `metrics.csv` columns plus the cumulative time across generations.
+pub const EVAL_COLUMNS: [&str; METRIC_COLUMNS.len() + 1] = {
+    let mut cols = [""; METRIC_COLUMNS.len() + 1];
+    let mut i = 0;
+    while i < METRIC_COLUMNS.len() {
+        cols[i] = METRIC_COLUMNS[i];
+        i += 1;
+    }
+    cols[METRIC_COLUMNS.len()] = "cumulative_s";
+    cols
+};
 
 /// Columns of the generations CSV, one row per (seed, method, generation).
 pub const GENERATION_COLUMNS: [&str; 14] = [
