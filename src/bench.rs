@@ -399,31 +399,6 @@ fn run_case<B: TrainBackend>(
     }
 }
 
-/// Training-mode batch norm over `[n, c, h, w]` (biased batch variance, no running
-/// statistics), written so that every broadcast hits one of flex's SIMD patterns: the
-/// per-channel terms are materialised as `[n, c, 1]` (n*c floats) against `x` viewed as
-/// `[n, c, h*w]`, and the statistics reduce contiguous dimensions only. burn-nn's
-/// `BatchNorm` broadcasts `[1, c, 1, 1]` and reshapes a `swap_dims` view, both of which
-/// fall back to flex's scalar `StridedIter` (the profile's top entry). Same result as
-/// `BatchNorm::forward` in training mode (see tests/bench.rs); a proposal for
-/// src/model, measured there.
-pub fn batch_norm_train_fast<B: Backend>(
-    x: Tensor<B, 4>,
-    gamma: Tensor<B, 1>,
-    beta: Tensor<B, 1>,
-    epsilon: f64,
-) -> Tensor<B, 4> {
-    let [n, c, h, w] = x.dims();
-    let x3 = x.reshape([n, c, h * w]);
-    let mean = x3.clone().mean_dim(2).mean_dim(0).repeat_dim(0, n);
-    let centered = x3 - mean;
-    let var = centered.clone().powi_scalar(2).mean_dim(2).mean_dim(0);
-    let scale =
-        (var.add_scalar(epsilon).sqrt().recip() * gamma.reshape([1, c, 1])).repeat_dim(0, n);
-    let shift = beta.reshape([1, c, 1]).repeat_dim(0, n);
-    (centered * scale + shift).reshape([n, c, h, w])
-}
-
 /// The table printed by `selfdistill bench`.
 pub fn table(report: &BenchReport) -> String {
     let mut s = format!(

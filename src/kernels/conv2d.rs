@@ -402,35 +402,33 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
     if y_len == 0 || d.x_len == 0 {
         return y;
     }
-    let scratch = if d.is_pointwise() { 0 } else { d.k * d.l };
+    let cols_len = if d.is_pointwise() { 0 } else { d.k * d.l };
     let runs = d.runs();
     y.par_chunks_mut(y_len)
         .zip(x.par_chunks(d.x_len))
-        .for_each_init(
-            || {
-                let mut s = Scratch::take();
-                s.cols.resize(scratch, 0.0);
-                s
-            },
-            |Scratch { cols, phases, .. }, (yn, xn)| {
-                let cols = cols_of(&d, &runs, xn, cols, phases);
-                gemm(
-                    s.c_out,
-                    d.l,
-                    d.k,
-                    yn,
-                    Store::RowMajor,
-                    View::rows(weight, d.k),
-                    View::rows(cols, d.l),
-                    false,
-                );
-                if let Some(b) = bias {
-                    for (plane, b) in yn.chunks_exact_mut(d.l).zip(b) {
-                        plane.iter_mut().for_each(|v| *v += b);
-                    }
+        .for_each(|(yn, xn)| {
+            // Taken and given back per sample, so the buffers outlive this call.
+            let mut scratch = Scratch::take();
+            let Scratch { cols, phases, .. } = &mut scratch;
+            cols.resize(cols_len, 0.0);
+            let cols = cols_of(&d, &runs, xn, cols, phases);
+            gemm(
+                s.c_out,
+                d.l,
+                d.k,
+                yn,
+                Store::RowMajor,
+                View::rows(weight, d.k),
+                View::rows(cols, d.l),
+                false,
+            );
+            if let Some(b) = bias {
+                for (plane, b) in yn.chunks_exact_mut(d.l).zip(b) {
+                    plane.iter_mut().for_each(|v| *v += b);
                 }
-            },
-        );
+            }
+            scratch.give_back();
+        });
     y
 }
 
