@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::simd::vectorized;
+
 /// `[n, c, hw]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BnShape {
@@ -40,22 +42,68 @@ pub struct BnForward {
     pub var: Vec<f32>,
 }
 
+/// Interleaved partial sums per f64 sum: a single running sum is one long chain of
+/// dependent additions (the compiler may not reorder float adds), which was a tenth of a
+/// ResNet step. Fixed lanes keep the order fixed, so results stay bit-identical run to run
+/// and for any thread count.
+const LANES: usize = 8;
+
+/// Elements per task of a flat elementwise pass.
+const PASS: usize = 1 << 14;
+
+/// `(sum f(a, b), sum g(a, b))` over paired values, in f64 with [`LANES`] partial sums each.
+#[inline(always)]
+fn sum2(
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f64,
+    g: impl Fn(f32, f32) -> f64,
+) -> (f64, f64) {
+    let (mut fa, mut ga) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (a, b) in ac.zip(bc) {
+        for l in 0..LANES {
+            fa[l] += f(a[l], b[l]);
+            ga[l] += g(a[l], b[l]);
+        }
+    }
+    for (l, (a, b)) in ar.iter().zip(br).enumerate() {
+        fa[l] += f(*a, *b);
+        ga[l] += g(*a, *b);
+    }
+    (fa.iter().sum(), ga.iter().sum())
+}
+
+/// `sum f(v)` in f64 with [`LANES`] partial sums.
+#[inline(always)]
+fn sum1(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    sum2(x, x, |v, _| f(v), |_, _| 0.0).0
+}
+
 /// Per-channel mean and biased variance (two passes, f64 sums).
 fn statistics(s: &BnShape, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let count = (s.n * s.hw) as f64;
     (0..s.c)
         .into_par_iter()
         .map(|ch| {
-            let sum: f64 = s
-                .planes(x, ch)
-                .map(|p| p.iter().map(|v| *v as f64).sum::<f64>())
-                .sum();
-            let mean = sum / count;
-            let sq: f64 = s
-                .planes(x, ch)
-                .map(|p| p.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>())
-                .sum();
-            (mean as f32, (sq / count) as f32)
+            vectorized(
+                #[inline(always)]
+                || {
+                    // Loops rather than iterator adaptors: those are not always inlined
+                    // here, and then run without the wide instruction set.
+                    let mut sum = 0.0f64;
+                    for p in s.planes(x, ch) {
+                        sum += sum1(p, |v| v as f64);
+                    }
+                    let mean = sum / count;
+                    let mut sq = 0.0f64;
+                    for p in s.planes(x, ch) {
+                        sq += sum1(p, |v| (v as f64 - mean).powi(2));
+                    }
+                    (mean as f32, (sq / count) as f32)
+                },
+            )
         })
         .unzip()
 }
@@ -79,18 +127,21 @@ pub struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
-    /// The epilogue for plane `plane` (`hw` values) applied to `v`, index `i` in the plane.
+    /// `y[i] = epilogue(f(x[i]))` over one plane, `residual` being that plane of the
+    /// residual. One loop per epilogue variant, so each is a straight, vectorised pass.
     #[inline(always)]
-    fn apply(&self, plane: &[f32], i: usize, v: f32) -> f32 {
-        let v = if self.residual.is_some() {
-            v + plane[i]
-        } else {
-            v
-        };
-        if self.relu {
-            relu(v)
-        } else {
-            v
+    fn write(&self, y: &mut [f32], x: &[f32], residual: &[f32], f: impl Fn(f32) -> f32) {
+        match (self.residual.is_some(), self.relu) {
+            (false, false) => y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x)),
+            (false, true) => y.iter_mut().zip(x).for_each(|(y, x)| *y = relu(f(*x))),
+            (true, false) => y
+                .iter_mut()
+                .zip(x.iter().zip(residual))
+                .for_each(|(y, (x, r))| *y = f(*x) + r),
+            (true, true) => y
+                .iter_mut()
+                .zip(x.iter().zip(residual))
+                .for_each(|(y, (x, r))| *y = relu(f(*x) + r)),
         }
     }
 
@@ -141,9 +192,10 @@ pub fn forward(
             let ch = plane % s.c;
             let (m, k, b) = (mean[ch], scale[ch], beta[ch]);
             let r = epilogue.plane(s, plane);
-            for (i, (y, x)) in y.iter_mut().zip(x).enumerate() {
-                *y = epilogue.apply(r, i, (x - m) * k + b);
-            }
+            vectorized(
+                #[inline(always)]
+                || epilogue.write(y, x, r, |x| (x - m) * k + b),
+            );
         });
     BnForward { y, mean, var }
 }
@@ -172,9 +224,10 @@ pub fn scale_shift(
                 let ch = plane % s.c;
                 let (k, b) = (scale[ch], shift[ch]);
                 let r = epilogue.plane(s, plane);
-                for (i, (y, x)) in y.iter_mut().zip(x).enumerate() {
-                    *y = epilogue.apply(r, i, x * k + b);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || epilogue.write(y, x, r, |x| x * k + b),
+                );
             });
     }
     y
@@ -210,10 +263,21 @@ pub fn backward(
     assert_eq!(dy.len(), s.len(), "batch norm backward: gradient length");
     let masked_dy: Option<Vec<f32>> = relu_output.map(|y| {
         assert_eq!(y.len(), s.len(), "batch norm backward: output length");
-        y.par_iter()
-            .zip(dy.par_iter())
-            .map(|(y, d)| if *y <= 0.0 { 0.0 } else { *d })
-            .collect()
+        let mut masked = vec![0.0f32; dy.len()];
+        masked
+            .par_chunks_mut(PASS)
+            .zip(y.par_chunks(PASS).zip(dy.par_chunks(PASS)))
+            .for_each(|(m, (y, dy))| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (m, (y, d)) in m.iter_mut().zip(y.iter().zip(dy)) {
+                            *m = if *y <= 0.0 { 0.0 } else { *d };
+                        }
+                    },
+                )
+            });
+        masked
     });
     let dy = masked_dy.as_deref().unwrap_or(dy);
     assert!(mean.len() == s.c && var.len() == s.c && gamma.len() == s.c);
@@ -221,15 +285,24 @@ pub fn backward(
     let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..s.c)
         .into_par_iter()
         .map(|ch| {
-            let (m, k) = (mean[ch] as f64, inv_std[ch]);
-            let (mut g, mut b) = (0.0f64, 0.0f64);
-            for (xp, dp) in s.planes(x, ch).zip(s.planes(dy, ch)) {
-                for (x, d) in xp.iter().zip(dp) {
-                    b += *d as f64;
-                    g += *d as f64 * (*x as f64 - m) * k;
-                }
-            }
-            (g as f32, b as f32)
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (m, k) = (mean[ch] as f64, inv_std[ch]);
+                    let (mut g, mut b) = (0.0f64, 0.0f64);
+                    for (xp, dp) in s.planes(x, ch).zip(s.planes(dy, ch)) {
+                        let (pb, pg) = sum2(
+                            xp,
+                            dp,
+                            |_, d| d as f64,
+                            |x, d| d as f64 * (x as f64 - m) * k,
+                        );
+                        b += pb;
+                        g += pg;
+                    }
+                    (g as f32, b as f32)
+                },
+            )
         })
         .unzip();
     let count = (s.n * s.hw) as f32;
@@ -245,10 +318,15 @@ pub fn backward(
                 let a = gamma[ch] * k;
                 let db = dbeta[ch] / count;
                 let dg = dgamma[ch] / count;
-                for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
-                    let xhat = (x - m) * k;
-                    *dx = a * (dy - db - xhat * dg);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
+                            let xhat = (x - m) * k;
+                            *dx = a * (dy - db - xhat * dg);
+                        }
+                    },
+                );
             });
     }
     BnBackward {

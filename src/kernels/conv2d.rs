@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use super::simd::vectorized;
+
 /// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
 /// every bit of the result, is the same whatever the thread count).
 pub const CHUNK: usize = 4;
@@ -218,9 +220,11 @@ fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut
         for (oh, src) in src_row.chunks_exact(d.wo).enumerate() {
             let Some(ih) = d.in_row(oh, i) else { continue };
             let base = (ci * h + ih) * row_len + offset;
-            for (o, v) in dst[base..base + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
-                *o += *v;
-            }
+            let dst = &mut dst[base..base + (hi - lo)];
+            vectorized(
+                #[inline(always)]
+                || dst.iter_mut().zip(&src[lo..hi]).for_each(|(o, v)| *o += *v),
+            );
         }
     }
     if sw != 1 {
@@ -282,6 +286,41 @@ struct Scratch {
     cols: Vec<f32>,
     dcols: Vec<f32>,
     phases: Vec<f32>,
+    /// Stride-1 path: the wide output, and buffers whose padding stays zero.
+    wide: Vec<f32>,
+    padded: Padded,
+}
+
+/// Buffers whose zero padding is written once: one per geometry (layer shape), and a
+/// geometry always writes the same positions, so the positions it never writes stay zero.
+/// Rewriting the padding for every sample was thousands of tiny memsets per layer.
+#[derive(Default)]
+struct Padded(std::collections::HashMap<[usize; 8], Vec<f32>>);
+
+impl Padded {
+    /// The buffer for `key`, created zeroed with `len` values if new.
+    fn get_vec(&mut self, key: [usize; 8], len: usize) -> &mut Vec<f32> {
+        // A bound against unbounded growth when many shapes pass through one thread.
+        if self.0.len() >= 64 && !self.0.contains_key(&key) {
+            self.0.clear();
+        }
+        self.0.entry(key).or_insert_with(|| vec![0.0; len])
+    }
+
+    fn get(&mut self, key: [usize; 8], len: usize) -> &mut [f32] {
+        let v = self.get_vec(key, len);
+        debug_assert_eq!(v.len(), len);
+        &mut v[..]
+    }
+}
+
+/// The first `len` elements of `v`, growing it if needed but never shrinking it: layers of
+/// different sizes alternate, and a shrink followed by a regrow would zero-fill every time.
+fn buf(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
 }
 
 thread_local! {
@@ -328,12 +367,22 @@ impl<'a> View<'a> {
     }
 }
 
-/// How [`gemm`] stores its `m x n` result.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Store {
-    RowMajor,
-    /// Column-major, i.e. the transpose stored row-major.
-    ColMajor,
+/// Where [`gemm`] writes its `m x n` result: element (r, c) goes to `dst[r*rs + c*cs]`.
+#[derive(Clone, Copy)]
+struct Out {
+    rs: usize,
+    cs: usize,
+}
+
+impl Out {
+    /// Row-major with `n` columns.
+    fn rows(n: usize) -> Self {
+        Out { rs: n, cs: 1 }
+    }
+    /// Column-major with `m` rows, i.e. the transpose stored row-major.
+    fn cols(m: usize) -> Self {
+        Out { rs: 1, cs: m }
+    }
 }
 
 /// `dst[m, n] = (accumulate ? dst : 0) + lhs[m, k] @ rhs[k, n]`, one thread.
@@ -343,26 +392,32 @@ fn gemm(
     n: usize,
     k: usize,
     dst: &mut [f32],
-    store: Store,
+    out: Out,
     lhs: View,
     rhs: View,
     accumulate: bool,
 ) {
-    assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n));
     if m == 0 || n == 0 {
         return;
     }
+    let dst_view = View {
+        data: dst,
+        rs: out.rs,
+        cs: out.cs,
+    };
+    assert!(dst_view.fits(m, n) && lhs.fits(m, k) && rhs.fits(k, n));
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for r in 0..m {
+                for c in 0..n {
+                    dst[r * out.rs + c * out.cs] = 0.0;
+                }
+            }
         }
         return;
     }
-    let (dst_rs, dst_cs) = match store {
-        Store::RowMajor => (n, 1),
-        Store::ColMajor => (1, m),
-    };
-    // SAFETY: the asserts above bound every index gemm reads (`fits`) and writes (m*n).
+    let (dst_rs, dst_cs) = (out.rs, out.cs);
+    // SAFETY: the asserts above bound every index gemm reads and writes (`fits`).
     unsafe {
         gemm::gemm(
             m,
@@ -388,6 +443,227 @@ fn gemm(
     }
 }
 
+/// Geometry of a stride-1 convolution computed on the padded-width grid.
+///
+/// Output row `oh` is laid out with the padded row length `wp` instead of `wo`, so the
+/// input value under kernel tap (i, j) of output position `p = oh * wp + ow` is element
+/// `p + i * wp + j` of the zero-padded plane: a constant offset. Every kernel row `i` then
+/// needs one shifted copy of the padded plane ("row copies", `kh` of them instead of
+/// im2col's `kh * kw`), and every kernel column `j` is one GEMM reading those copies at
+/// offset `j`. The last `wp - wo` columns of each wide output row are junk and dropped.
+#[derive(Clone, Copy)]
+struct Stride1 {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    ph: usize,
+    pw: usize,
+    /// Padded row length.
+    wp: usize,
+    ho: usize,
+    wo: usize,
+    /// Wide output length per channel: `ho * wp`.
+    lp: usize,
+    /// Length of one row copy: `lp + kw - 1` (the largest shift reads `kw - 1` further).
+    r: usize,
+}
+
+impl Stride1 {
+    /// The stride-1 geometry, unless the shape has another stride, padding of a kernel's
+    /// size or more (the shifted views would start outside the padded plane's rows), or is
+    /// pointwise (already im2col-free).
+    fn of(s: &Conv2dShape) -> Option<Self> {
+        let [ph, pw] = s.pad;
+        if s.stride != [1, 1] || ph >= s.kh || pw >= s.kw || (s.kh, s.kw, ph, pw) == (1, 1, 0, 0) {
+            return None;
+        }
+        let [ho, wo] = s.out_hw()?;
+        let wp = s.w + 2 * pw;
+        Some(Stride1 {
+            c_in: s.c_in,
+            h: s.h,
+            w: s.w,
+            c_out: s.c_out,
+            kh: s.kh,
+            kw: s.kw,
+            ph,
+            pw,
+            wp,
+            ho,
+            wo,
+            lp: ho * wp,
+            r: ho * wp + s.kw - 1,
+        })
+    }
+
+    /// Rows of a [`Stride1::row_copies`] matrix: one per (input channel, kernel row).
+    fn rows(&self) -> usize {
+        self.c_in * self.kh
+    }
+
+    /// The input gradient of this convolution as a stride-1 convolution of the output
+    /// gradient: full correlation with the flipped kernel, channels swapped.
+    fn transposed(&self) -> Conv2dShape {
+        Conv2dShape {
+            batch: 1,
+            c_in: self.c_out,
+            h: self.ho,
+            w: self.wo,
+            c_out: self.c_in,
+            kh: self.kh,
+            kw: self.kw,
+            stride: [1, 1],
+            pad: [self.kh - 1 - self.ph, self.kw - 1 - self.pw],
+        }
+    }
+
+    /// `out[(ci, i), q] = xpad[ci, i + q / wp, q % wp]` for `q < r`, where `xpad` is one
+    /// sample `[c_in, h, w]` zero-padded by (ph, pw); the `kw - 1` values past the wide
+    /// grid are only read by junk columns. Writes only the image values: `out` comes from
+    /// [`Padded`], whose other positions are zero.
+    fn row_copies(&self, x: &[f32], out: &mut [f32]) {
+        let (h, w, pw, wp) = (self.h, self.w, self.pw, self.wp);
+        for (row, dst) in out.chunks_exact_mut(self.r).enumerate() {
+            let (ci, i) = (row / self.kh, row % self.kh);
+            for oh in 0..self.ho {
+                if let Some(ih) = (oh + i).checked_sub(self.ph).filter(|ih| *ih < h) {
+                    dst[oh * wp + pw..][..w].copy_from_slice(&x[(ci * h + ih) * w..][..w]);
+                }
+            }
+        }
+    }
+
+    fn copies_key(&self) -> [usize; 8] {
+        [
+            self.c_in, self.h, self.w, self.kh, self.kw, self.ph, self.pw, 0,
+        ]
+    }
+
+    /// One sample's convolution into `y` (`[c_out, ho, wo]`), `wide` as scratch:
+    /// `kw` GEMMs, one per kernel column, accumulate the wide output.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_sample(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        padded: &mut Padded,
+        wide: &mut Vec<f32>,
+    ) {
+        let copies = padded.get(self.copies_key(), self.rows() * self.r);
+        self.row_copies(x, copies);
+        let wide = buf(wide, self.c_out * self.lp);
+        let k = self.c_in * self.kh * self.kw;
+        for j in 0..self.kw {
+            // wide[c_out, p] (+)= W[c_out, (ci, i), j] @ copies[(ci, i), p + j]
+            gemm(
+                self.c_out,
+                self.lp,
+                self.rows(),
+                wide,
+                Out::rows(self.lp),
+                View {
+                    data: &weight[j..],
+                    rs: k,
+                    cs: self.kw,
+                },
+                View {
+                    data: &copies[j..],
+                    rs: self.r,
+                    cs: 1,
+                },
+                j > 0,
+            );
+        }
+        for (co, (plane, wide)) in y
+            .chunks_exact_mut(self.ho * self.wo)
+            .zip(wide.chunks_exact(self.lp))
+            .enumerate()
+        {
+            let b = bias.map_or(0.0, |b| b[co]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (dst, src) in plane
+                        .chunks_exact_mut(self.wo)
+                        .zip(wide.chunks_exact(self.wp))
+                    {
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d = v + b);
+                    }
+                },
+            );
+        }
+    }
+
+    /// Adds one sample's weight gradient into `dw_t` (`[(ci, i, j), c_out]`, i.e. dW
+    /// transposed, like the im2col path), accumulating unless `first`.
+    #[allow(clippy::too_many_arguments)]
+    fn weight_grad_sample(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw_t: &mut [f32],
+        first: bool,
+        padded: &mut Padded,
+    ) {
+        // The output gradient on the wide grid, zero in the junk columns so they add
+        // nothing (a [`Padded`] buffer: only the values are written).
+        let key = [self.c_out, self.ho, self.wo, self.wp, 0, 0, 0, 1];
+        let mut dy_wide = std::mem::take(padded.get_vec(key, self.c_out * self.lp));
+        for (dst, src) in dy_wide
+            .chunks_exact_mut(self.wp)
+            .zip(dy.chunks_exact(self.wo))
+        {
+            dst[..self.wo].copy_from_slice(src);
+        }
+        let copies = padded.get(self.copies_key(), self.rows() * self.r);
+        self.row_copies(x, copies);
+        for j in 0..self.kw {
+            // dW[c_out, (ci, i), j] += dY[c_out, p] @ copies[(ci, i), p + j]^T
+            gemm(
+                self.c_out,
+                self.rows(),
+                self.lp,
+                &mut dw_t[j * self.c_out..],
+                Out {
+                    rs: 1,
+                    cs: self.kw * self.c_out,
+                },
+                View::rows(&dy_wide, self.lp),
+                View {
+                    data: &copies[j..],
+                    rs: 1,
+                    cs: self.r,
+                },
+                !first,
+            );
+        }
+        *padded.get_vec(key, 0) = dy_wide;
+    }
+}
+
+/// `W'[ci, co, i, j] = W[co, ci, kh-1-i, kw-1-j]`: the kernel of the transposed
+/// convolution that gives the input gradient.
+fn flip_kernel(s: &Conv2dShape, weight: &[f32]) -> Vec<f32> {
+    let (kh, kw) = (s.kh, s.kw);
+    let mut out = vec![0.0f32; weight.len()];
+    for co in 0..s.c_out {
+        for ci in 0..s.c_in {
+            for i in 0..kh {
+                for j in 0..kw {
+                    out[((ci * s.c_out + co) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)] =
+                        weight[((co * s.c_in + ci) * kh + i) * kw + j];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Forward convolution: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`,
 /// optional `bias` `[c_out]`; returns `[batch, c_out, ho, wo]`.
 pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -402,6 +678,17 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
     if y_len == 0 || d.x_len == 0 {
         return y;
     }
+    if let Some(g) = Stride1::of(s) {
+        y.par_chunks_mut(y_len)
+            .zip(x.par_chunks(d.x_len))
+            .for_each(|(yn, xn)| {
+                let mut scratch = Scratch::take();
+                let Scratch { padded, wide, .. } = &mut scratch;
+                g.forward_sample(xn, weight, bias, yn, padded, wide);
+                scratch.give_back();
+            });
+        return y;
+    }
     let cols_len = if d.is_pointwise() { 0 } else { d.k * d.l };
     let runs = d.runs();
     y.par_chunks_mut(y_len)
@@ -410,21 +697,23 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
             // Taken and given back per sample, so the buffers outlive this call.
             let mut scratch = Scratch::take();
             let Scratch { cols, phases, .. } = &mut scratch;
-            cols.resize(cols_len, 0.0);
-            let cols = cols_of(&d, &runs, xn, cols, phases);
+            let cols = cols_of(&d, &runs, xn, buf(cols, cols_len), phases);
             gemm(
                 s.c_out,
                 d.l,
                 d.k,
                 yn,
-                Store::RowMajor,
+                Out::rows(d.l),
                 View::rows(weight, d.k),
                 View::rows(cols, d.l),
                 false,
             );
             if let Some(b) = bias {
                 for (plane, b) in yn.chunks_exact_mut(d.l).zip(b) {
-                    plane.iter_mut().for_each(|v| *v += b);
+                    vectorized(
+                        #[inline(always)]
+                        || plane.iter_mut().for_each(|v| *v += b),
+                    );
                 }
             }
             scratch.give_back();
@@ -479,6 +768,15 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
         Vec::new()
     };
 
+    let stride1 = Stride1::of(s);
+    // The input gradient of a stride-1 convolution is a stride-1 convolution of `dy`.
+    let transposed = stride1
+        .filter(|_| wants.x)
+        .map(|g| (g.transposed(), flip_kernel(s, weight)));
+    let transposed = transposed
+        .as_ref()
+        .map(|(t, w)| (Stride1::of(t).expect("transposed conv is stride 1"), &w[..]));
+
     // One chunk of samples: weight-gradient partial into `dw`, input gradient into `dxc`.
     let run_chunk = |c: usize, mut dxc: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
         let pointwise = d.is_pointwise();
@@ -487,24 +785,30 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
             cols,
             dcols,
             phases,
+            wide,
+            padded,
         } = &mut scratch;
-        cols.resize(if pointwise { 0 } else { d.k * d.l }, 0.0);
-        dcols.resize(
-            if dxc.is_some() && !pointwise {
-                d.k * d.l
-            } else {
-                0
-            },
-            0.0,
-        );
         let mut dw = dw;
         let first = c * CHUNK;
         let last = (first + CHUNK).min(s.batch);
         for n in first..last {
             let xn = &x[n * d.x_len..(n + 1) * d.x_len];
             let dyn_ = &dy[n * y_len..(n + 1) * y_len];
+            let dxn = dxc
+                .as_deref_mut()
+                .map(|dxc| &mut dxc[(n - first) * d.x_len..(n - first + 1) * d.x_len]);
+            if let Some(g) = &stride1 {
+                if let Some(dw) = dw.as_deref_mut() {
+                    g.weight_grad_sample(xn, dyn_, dw, n == first, padded);
+                }
+                if let (Some(dxn), Some((t, w_t))) = (dxn, &transposed) {
+                    t.forward_sample(dyn_, w_t, None, dxn, padded, wide);
+                }
+                continue;
+            }
             if let Some(dw) = dw.as_deref_mut() {
-                let cols_n = cols_of(&d, &runs, xn, cols, phases);
+                let cols_len = if pointwise { 0 } else { d.k * d.l };
+                let cols_n = cols_of(&d, &runs, xn, buf(cols, cols_len), phases);
                 // dW[c_out, k] += dY_n[c_out, l] @ cols_n^T[l, k], stored transposed: then
                 // gemm packs the small dY_n instead of the whole im2col matrix.
                 gemm(
@@ -512,28 +816,31 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
                     d.k,
                     d.l,
                     dw,
-                    Store::ColMajor,
+                    Out::cols(s.c_out),
                     View::rows(dyn_, d.l),
                     View::transposed(cols_n, d.l),
                     n > first,
                 );
             }
-            if let Some(dxc) = dxc.as_deref_mut() {
-                let dxn = &mut dxc[(n - first) * d.x_len..(n - first + 1) * d.x_len];
+            if let Some(dxn) = dxn {
                 // dcols[k, l] = W^T[k, c_out] @ dY_n[c_out, l]
-                let target: &mut [f32] = if pointwise { dxn } else { dcols };
+                let target: &mut [f32] = if pointwise {
+                    dxn
+                } else {
+                    buf(dcols, d.k * d.l)
+                };
                 gemm(
                     d.k,
                     d.l,
                     s.c_out,
                     target,
-                    Store::RowMajor,
+                    Out::rows(d.l),
                     View::transposed(weight, d.k),
                     View::rows(dyn_, d.l),
                     false,
                 );
                 if !pointwise {
-                    col2im_add(&d, &runs, dcols, dxn, phases);
+                    col2im_add(&d, &runs, &dcols[..d.k * d.l], dxn, phases);
                 }
             }
         }
@@ -709,6 +1016,9 @@ mod tests {
             s(2, 2, 5, 9, 3, 3, 2, [1, 3], [0, 2]), // asymmetric kernel, stride and padding
             s(1, 1, 4, 4, 1, 5, 5, [1, 1], [2, 2]), // kernel as large as the padded image
             s(9, 2, 3, 3, 2, 3, 3, [2, 1], [1, 0]),
+            s(2, 3, 5, 4, 2, 3, 2, [1, 1], [0, 1]), // stride 1, no / uneven padding
+            s(3, 5, 6, 7, 3, 2, 4, [1, 1], [1, 3]), // stride 1, padding of kernel size - 1
+            s(2, 2, 4, 3, 3, 1, 1, [1, 1], [1, 1]), // padding as large as the kernel
         ]
     }
 

@@ -4,3 +4,4 @@
 
 pub mod batch_norm;
 pub mod conv2d;
+pub mod simd;
