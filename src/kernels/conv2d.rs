@@ -151,6 +151,24 @@ impl Dims {
         (0..self.k).map(|row| self.run(row)).collect()
     }
 
+    /// Key of this geometry's [`Padded`] buffers: `tag` 0 is the im2col matrix, 1 the
+    /// column phases.
+    fn key(&self, tag: usize) -> Key {
+        let s = self.s;
+        [
+            s.c_in,
+            s.h,
+            s.w,
+            s.kh,
+            s.kw,
+            s.stride[0],
+            s.stride[1],
+            s.pad[0],
+            s.pad[1],
+            tag,
+        ]
+    }
+
     /// Length of one input row as the runs index it: `w`, or `stride * ceil(w / stride)`.
     fn row_len(&self) -> usize {
         let sw = self.s.stride[1];
@@ -159,17 +177,19 @@ impl Dims {
 }
 
 /// `cols[(ci, i, j), (oh, ow)] = x[ci, oh*sh + i - ph, ow*sw + j - pw]` (0 outside), for one
-/// sample `x` of shape `[c_in, h, w]`; `cols` is `[k, l]` row-major. `phases` is scratch
-/// for strided convolutions.
-fn im2col(d: &Dims, runs: &[Run], x: &[f32], cols: &mut [f32], phases: &mut Vec<f32>) {
+/// sample `x` of shape `[c_in, h, w]`; `cols` is `[k, l]` row-major, in the geometry's
+/// [`Padded`] buffer: only the values read from the image are written, the zeros outside
+/// it stay from the buffer's creation.
+fn im2col<'a>(d: &Dims, runs: &[Run], x: &[f32], padded: &'a mut Padded) -> &'a [f32] {
     let h = d.s.h;
-    let src = if d.s.stride[1] == 1 {
-        x
-    } else {
-        split_phases(x, d.s.c_in * h, d.s.w, d.s.stride[1], phases);
-        &phases[..]
-    };
     let row_len = d.row_len();
+    let phases = (d.s.stride[1] != 1).then(|| {
+        let mut phases = std::mem::take(padded.get_vec(d.key(1), d.s.c_in * h * row_len));
+        split_phases(x, d.s.w, d.s.stride[1], &mut phases);
+        phases
+    });
+    let src = phases.as_deref().unwrap_or(x);
+    let cols = padded.get(d.key(0), d.k * d.l);
     for (run, out) in runs.iter().zip(cols.chunks_exact_mut(d.l)) {
         let Run {
             ci,
@@ -178,19 +198,20 @@ fn im2col(d: &Dims, runs: &[Run], x: &[f32], cols: &mut [f32], phases: &mut Vec<
             hi,
             offset,
         } = *run;
+        if hi <= lo {
+            continue;
+        }
         for (oh, out) in out.chunks_exact_mut(d.wo).enumerate() {
-            let Some(ih) = d.in_row(oh, i) else {
-                out.fill(0.0);
-                continue;
-            };
-            out[..lo].fill(0.0);
-            out[hi..].fill(0.0);
-            if hi > lo {
+            if let Some(ih) = d.in_row(oh, i) {
                 let base = (ci * h + ih) * row_len + offset;
                 out[lo..hi].copy_from_slice(&src[base..base + (hi - lo)]);
             }
         }
     }
+    if let Some(phases) = phases {
+        *padded.get_vec(d.key(1), 0) = phases;
+    }
+    padded.get(d.key(0), d.k * d.l)
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input position it was
@@ -230,37 +251,40 @@ fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut
     if sw != 1 {
         let wp = w.div_ceil(sw);
         for (out, ph) in dx.chunks_exact_mut(w).zip(phases.chunks_exact(row_len)) {
-            for (c, o) in out.iter_mut().enumerate() {
-                *o += ph[(c % sw) * wp + c / sw];
+            if sw == 2 {
+                // Interleave the two phases back (no division per element).
+                let (even, odd) = ph.split_at(wp);
+                for (q, pair) in out.chunks_mut(2).enumerate() {
+                    pair[0] += even[q];
+                    if let Some(o) = pair.get_mut(1) {
+                        *o += odd[q];
+                    }
+                }
+            } else {
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o += ph[(c % sw) * wp + c / sw];
+                }
             }
         }
     }
 }
 
 /// The im2col matrix of one sample: the sample itself for a pointwise convolution,
-/// otherwise built in `cols`.
-fn cols_of<'a>(
-    d: &Dims,
-    runs: &[Run],
-    x: &'a [f32],
-    cols: &'a mut [f32],
-    phases: &mut Vec<f32>,
-) -> &'a [f32] {
+/// otherwise built by [`im2col`].
+fn cols_of<'a>(d: &Dims, runs: &[Run], x: &'a [f32], padded: &'a mut Padded) -> &'a [f32] {
     if d.is_pointwise() {
         x
     } else {
-        im2col(d, runs, x, cols, phases);
-        cols
+        im2col(d, runs, x, padded)
     }
 }
 
-/// Splits every row of `rows x w` values into its `stride` column phases, each padded to
+/// Splits every row of `w` values of `x` into its `stride` column phases, each padded to
 /// `ceil(w / stride)`: phase `p` of a row holds columns `p, p + stride, ...`. A strided
-/// convolution then reads (and writes back) each kernel column as one contiguous run.
-fn split_phases(x: &[f32], rows: usize, w: usize, stride: usize, out: &mut Vec<f32>) {
+/// convolution then reads (and writes back) each kernel column as one contiguous run. Only
+/// the image's values are written (`out` is a [`Padded`] buffer, zero elsewhere).
+fn split_phases(x: &[f32], w: usize, stride: usize, out: &mut [f32]) {
     let wp = w.div_ceil(stride);
-    out.clear();
-    out.resize(rows * stride * wp, 0.0);
     for (src, dst) in x.chunks_exact(w).zip(out.chunks_exact_mut(stride * wp)) {
         if stride == 2 {
             let (even, odd) = dst.split_at_mut(wp);
@@ -278,16 +302,18 @@ fn split_phases(x: &[f32], rows: usize, w: usize, stride: usize, out: &mut Vec<f
     }
 }
 
-/// Per-thread im2col buffers, reused across calls: a fresh zeroed buffer per call and
-/// chunk was a measurable share of a step (page faults and memset). Every element is
-/// written before it is read, so stale contents never leak into results.
+/// Per-thread buffers, reused across calls: a fresh zeroed buffer per call and chunk was a
+/// measurable share of a step (page faults and memset). In `dcols`, `phases` and `wide`
+/// every element is written (or zeroed) before it is read; `padded` keeps its zeros.
 #[derive(Default)]
 struct Scratch {
-    cols: Vec<f32>,
+    /// Input-gradient im2col matrix (strided path).
     dcols: Vec<f32>,
+    /// Column-phase accumulator of the strided input gradient.
     phases: Vec<f32>,
-    /// Stride-1 path: the wide output, and buffers whose padding stays zero.
+    /// Stride-1 path: the wide output.
     wide: Vec<f32>,
+    /// im2col matrices, column phases, row copies and wide output gradients.
     padded: Padded,
 }
 
@@ -295,11 +321,14 @@ struct Scratch {
 /// geometry always writes the same positions, so the positions it never writes stay zero.
 /// Rewriting the padding for every sample was thousands of tiny memsets per layer.
 #[derive(Default)]
-struct Padded(std::collections::HashMap<[usize; 8], Vec<f32>>);
+struct Padded(std::collections::HashMap<Key, Vec<f32>>);
+
+/// A buffer's geometry (shape without the batch) and which buffer of it.
+type Key = [usize; 10];
 
 impl Padded {
     /// The buffer for `key`, created zeroed with `len` values if new.
-    fn get_vec(&mut self, key: [usize; 8], len: usize) -> &mut Vec<f32> {
+    fn get_vec(&mut self, key: Key, len: usize) -> &mut Vec<f32> {
         // A bound against unbounded growth when many shapes pass through one thread.
         if self.0.len() >= 64 && !self.0.contains_key(&key) {
             self.0.clear();
@@ -307,7 +336,7 @@ impl Padded {
         self.0.entry(key).or_insert_with(|| vec![0.0; len])
     }
 
-    fn get(&mut self, key: [usize; 8], len: usize) -> &mut [f32] {
+    fn get(&mut self, key: Key, len: usize) -> &mut [f32] {
         let v = self.get_vec(key, len);
         debug_assert_eq!(v.len(), len);
         &mut v[..]
@@ -536,9 +565,9 @@ impl Stride1 {
         }
     }
 
-    fn copies_key(&self) -> [usize; 8] {
+    fn copies_key(&self) -> Key {
         [
-            self.c_in, self.h, self.w, self.kh, self.kw, self.ph, self.pw, 0,
+            self.c_in, self.h, self.w, self.kh, self.kw, self.ph, self.pw, 0, 0, 2,
         ]
     }
 
@@ -612,7 +641,7 @@ impl Stride1 {
     ) {
         // The output gradient on the wide grid, zero in the junk columns so they add
         // nothing (a [`Padded`] buffer: only the values are written).
-        let key = [self.c_out, self.ho, self.wo, self.wp, 0, 0, 0, 1];
+        let key = [self.c_out, self.ho, self.wo, self.wp, 0, 0, 0, 0, 0, 3];
         let mut dy_wide = std::mem::take(padded.get_vec(key, self.c_out * self.lp));
         for (dst, src) in dy_wide
             .chunks_exact_mut(self.wp)
@@ -689,15 +718,13 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
             });
         return y;
     }
-    let cols_len = if d.is_pointwise() { 0 } else { d.k * d.l };
     let runs = d.runs();
     y.par_chunks_mut(y_len)
         .zip(x.par_chunks(d.x_len))
         .for_each(|(yn, xn)| {
             // Taken and given back per sample, so the buffers outlive this call.
             let mut scratch = Scratch::take();
-            let Scratch { cols, phases, .. } = &mut scratch;
-            let cols = cols_of(&d, &runs, xn, buf(cols, cols_len), phases);
+            let cols = cols_of(&d, &runs, xn, &mut scratch.padded);
             gemm(
                 s.c_out,
                 d.l,
@@ -782,7 +809,6 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
         let pointwise = d.is_pointwise();
         let mut scratch = Scratch::take();
         let Scratch {
-            cols,
             dcols,
             phases,
             wide,
@@ -807,8 +833,7 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
                 continue;
             }
             if let Some(dw) = dw.as_deref_mut() {
-                let cols_len = if pointwise { 0 } else { d.k * d.l };
-                let cols_n = cols_of(&d, &runs, xn, buf(cols, cols_len), phases);
+                let cols_n = cols_of(&d, &runs, xn, padded);
                 // dW[c_out, k] += dY_n[c_out, l] @ cols_n^T[l, k], stored transposed: then
                 // gemm packs the small dY_n instead of the whole im2col matrix.
                 gemm(
