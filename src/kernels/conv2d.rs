@@ -204,7 +204,7 @@ fn im2col<'a>(d: &Dims, runs: &[Run], x: &[f32], padded: &'a mut Padded) -> &'a 
         for (oh, out) in out.chunks_exact_mut(d.wo).enumerate() {
             if let Some(ih) = d.in_row(oh, i) {
                 let base = (ci * h + ih) * row_len + offset;
-                out[lo..hi].copy_from_slice(&src[base..base + (hi - lo)]);
+                copy_short(&mut out[lo..hi], &src[base..base + (hi - lo)]);
             }
         }
     }
@@ -212,6 +212,22 @@ fn im2col<'a>(d: &Dims, runs: &[Run], x: &[f32], padded: &'a mut Padded) -> &'a 
         *padded.get_vec(d.key(1), 0) = phases;
     }
     padded.get(d.key(0), d.k * d.l)
+}
+
+/// `dst.copy_from_slice(src)` for short runs (one row of a small feature map):
+/// whole blocks of 8 are fixed-size moves, where a `memcpy` call per run cost more than the
+/// copy itself.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input position it was
@@ -288,12 +304,19 @@ fn split_phases(x: &[f32], w: usize, stride: usize, out: &mut [f32]) {
     for (src, dst) in x.chunks_exact(w).zip(out.chunks_exact_mut(stride * wp)) {
         if stride == 2 {
             let (even, odd) = dst.split_at_mut(wp);
-            for (q, pair) in src.chunks(2).enumerate() {
-                even[q] = pair[0];
-                if let Some(v) = pair.get(1) {
-                    odd[q] = *v;
-                }
+            let pairs = src.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                even[wp - 1] = *last;
             }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                },
+            );
         } else {
             for (c, v) in src.iter().enumerate() {
                 dst[(c % stride) * wp + c / stride] = *v;
@@ -559,7 +582,7 @@ impl Stride1 {
             let (ci, i) = (row / self.kh, row % self.kh);
             for oh in 0..self.ho {
                 if let Some(ih) = (oh + i).checked_sub(self.ph).filter(|ih| *ih < h) {
-                    dst[oh * wp + pw..][..w].copy_from_slice(&x[(ci * h + ih) * w..][..w]);
+                    copy_short(&mut dst[oh * wp + pw..][..w], &x[(ci * h + ih) * w..][..w]);
                 }
             }
         }
@@ -647,7 +670,7 @@ impl Stride1 {
             .chunks_exact_mut(self.wp)
             .zip(dy.chunks_exact(self.wo))
         {
-            dst[..self.wo].copy_from_slice(src);
+            copy_short(&mut dst[..self.wo], src);
         }
         let copies = padded.get(self.copies_key(), self.rows() * self.r);
         self.row_copies(x, copies);
