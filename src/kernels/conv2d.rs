@@ -583,20 +583,30 @@ impl Stride1 {
         }
     }
 
-    /// `out[(ci, i), q] = xpad[ci, i + q / wp, q % wp]` for `q < r`, where `xpad` is one
-    /// sample `[c_in, h, w]` zero-padded by (ph, pw); the `kw - 1` values past the wide
-    /// grid are only read by junk columns. Writes only the image values: `out` comes from
-    /// [`Padded`], whose other positions are zero.
-    fn row_copies(&self, x: &[f32], out: &mut [f32]) {
-        let (h, w, pw, wp) = (self.h, self.w, self.pw, self.wp);
-        for (row, dst) in out.chunks_exact_mut(self.r).enumerate() {
-            let (ci, i) = (row / self.kh, row % self.kh);
-            for oh in 0..self.ho {
-                if let Some(ih) = (oh + i).checked_sub(self.ph).filter(|ih| *ih < h) {
-                    copy_short(&mut dst[oh * wp + pw..][..w], &x[(ci * h + ih) * w..][..w]);
-                }
+    /// The row copies of one sample `x` (`[c_in, h, w]`): `copies[(ci, i), q] =
+    /// xpad[ci, i + q / wp, q % wp]` for `q < r`, where `xpad` is `x` zero-padded by
+    /// (ph, pw), plus `kw - 1` zeros after each plane (read only by junk columns).
+    /// `xpad` is built first (one short copy per image row into a [`Padded`] buffer), then
+    /// each row copy is one long copy out of it: a third of the short copies of building
+    /// each row copy from `x`.
+    fn row_copies<'a>(&self, x: &[f32], padded: &'a mut Padded) -> &'a [f32] {
+        let (h, w, ph, pw, wp) = (self.h, self.w, self.ph, self.pw, self.wp);
+        let plane = (h + 2 * ph) * wp + self.kw - 1;
+        let key = [self.c_in, h, w, ph, pw, self.kw, 0, 0, 0, 4];
+        let mut xpad = std::mem::take(padded.get_vec(key, self.c_in * plane));
+        for (src, dst) in x.chunks_exact(h * w).zip(xpad.chunks_exact_mut(plane)) {
+            for (row, dst) in src.chunks_exact(w).zip(dst[ph * wp + pw..].chunks_mut(wp)) {
+                copy_short(&mut dst[..w], row);
             }
         }
+        let copies = padded.get(self.copies_key(), self.rows() * self.r);
+        for (row, dst) in copies.chunks_exact_mut(self.r).enumerate() {
+            let (ci, i) = (row / self.kh, row % self.kh);
+            // i * wp + r == plane for i == kh - 1: the last copy ends with the plane.
+            dst.copy_from_slice(&xpad[ci * plane + i * wp..][..self.r]);
+        }
+        *padded.get_vec(key, 0) = xpad;
+        padded.get(self.copies_key(), self.rows() * self.r)
     }
 
     fn copies_key(&self) -> Key {
@@ -617,8 +627,7 @@ impl Stride1 {
         padded: &mut Padded,
         wide: &mut Vec<f32>,
     ) {
-        let copies = padded.get(self.copies_key(), self.rows() * self.r);
-        self.row_copies(x, copies);
+        let copies = self.row_copies(x, padded);
         let wide = buf(wide, self.c_out * self.lp);
         let k = self.c_in * self.kh * self.kw;
         for j in 0..self.kw {
@@ -683,8 +692,7 @@ impl Stride1 {
         {
             copy_short(&mut dst[..self.wo], src);
         }
-        let copies = padded.get(self.copies_key(), self.rows() * self.r);
-        self.row_copies(x, copies);
+        let copies = self.row_copies(x, padded);
         for j in 0..self.kw {
             // dW[c_out, (ci, i), j] += dY[c_out, p] @ copies[(ci, i), p + j]^T
             gemm(
