@@ -1088,6 +1088,10 @@ mod tests {
             // ... and enough output channels for the input gradient's padded-width path:
             s(2, 12, 5, 6, 12, 3, 3, [1, 1], [1, 1]),
             s(3, 11, 4, 5, 16, 3, 2, [1, 1], [0, 1]),
+            // Strided, with as many channels as the models' downsampling layers:
+            s(3, 12, 7, 8, 4, 3, 3, [2, 2], [1, 1]), // the models' downsampling conv, odd h
+            s(2, 32, 5, 6, 3, 1, 1, [2, 2], [0, 0]), // ResNet projection shortcut
+            s(2, 11, 8, 7, 2, 3, 2, [2, 3], [1, 1]), // different strides per axis
         ]
     }
 
@@ -1180,14 +1184,16 @@ mod tests {
             stride: [1, 1],
             pad: [1, 1],
         };
-        // Padded-width path, im2col path, strided im2col path.
+        // Padded-width path, im2col path, strided im2col path (3 and 12 channels).
+        let strided = Conv2dShape {
+            stride: [2, 2],
+            ..base
+        };
         for s in [
             base,
             Conv2dShape { c_in: 4, ..base },
-            Conv2dShape {
-                stride: [2, 2],
-                ..base
-            },
+            strided,
+            Conv2dShape { c_in: 3, ..strided },
         ] {
             let x = values(s.input_len(), 7);
             let w = values(s.weight_len(), 8);
