@@ -1,12 +1,13 @@
-//! 2-D convolution on f32 NCHW slices: im2col + one GEMM per sample, for the forward pass
-//! and for both gradients.
+//! 2-D convolution on f32 NCHW slices, one sample per task, for the forward pass and both
+//! gradients: stride-1 convolutions with enough input channels on the padded-width grid
+//! (`Stride1`: `kh` row copies and `kw` GEMMs, the input gradient as the flipped-kernel
+//! convolution), the others as im2col + one GEMM.
 //!
 //! Why this exists: Burn 0.21's flex backend computes the weight gradient as a convolution
 //! of the transposed input with the transposed output gradient. The transposes go through
 //! flex's one-element-at-a-time strided copy and the "convolution" has a kernel as large as
 //! the feature map, so the weight gradient alone was about a third of a CNN training step
-//! (see BENCHMARKS.md). Here every pass is a plain GEMM on an im2col matrix that fits in
-//! cache.
+//! (see BENCHMARKS.md). Here every pass is a plain GEMM on matrices that fit in cache.
 //!
 //! Determinism: each sample is processed by one task with a single-threaded GEMM, and the
 //! weight gradient is summed over fixed chunks of [`CHUNK`] samples, then over the chunks
