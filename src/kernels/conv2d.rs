@@ -170,6 +170,30 @@ impl Dims {
         ]
     }
 
+    /// Every image-backed segment of the im2col matrix, shared by [`im2col`] and its
+    /// adjoint: `(start in the matrix, start in the source rows, length)`; the source rows
+    /// are `x`'s (stride 1) or its column phases' (see [`split_phases`]).
+    fn segments<'a>(&'a self, runs: &'a [Run]) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
+        let (h, row_len) = (self.s.h, self.row_len());
+        runs.iter()
+            .enumerate()
+            .filter(|(_, run)| run.hi > run.lo)
+            .flat_map(move |(row, run)| {
+                (0..self.ho()).filter_map(move |oh| {
+                    let ih = self.in_row(oh, run.i)?;
+                    Some((
+                        row * self.l + oh * self.wo + run.lo,
+                        (run.ci * h + ih) * row_len + run.offset,
+                        run.hi - run.lo,
+                    ))
+                })
+            })
+    }
+
+    fn ho(&self) -> usize {
+        self.l / self.wo
+    }
+
     /// Length of one input row as the runs index it: `w`, or `stride * ceil(w / stride)`.
     fn row_len(&self) -> usize {
         let sw = self.s.stride[1];
@@ -191,23 +215,8 @@ fn im2col<'a>(d: &Dims, runs: &[Run], x: &[f32], padded: &'a mut Padded) -> &'a 
     });
     let src = phases.as_deref().unwrap_or(x);
     let cols = padded.get(d.key(0), d.k * d.l);
-    for (run, out) in runs.iter().zip(cols.chunks_exact_mut(d.l)) {
-        let Run {
-            ci,
-            i,
-            lo,
-            hi,
-            offset,
-        } = *run;
-        if hi <= lo {
-            continue;
-        }
-        for (oh, out) in out.chunks_exact_mut(d.wo).enumerate() {
-            if let Some(ih) = d.in_row(oh, i) {
-                let base = (ci * h + ih) * row_len + offset;
-                copy_short(&mut out[lo..hi], &src[base..base + (hi - lo)]);
-            }
-        }
+    for (at, base, len) in d.segments(runs) {
+        copy_short(&mut cols[at..at + len], &src[base..base + len]);
     }
     if let Some(phases) = phases {
         *padded.get_vec(d.key(1), 0) = phases;
@@ -244,26 +253,12 @@ fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut
         phases.resize(rows * row_len, 0.0);
         phases
     };
-    for (run, src_row) in runs.iter().zip(cols.chunks_exact(d.l)) {
-        let Run {
-            ci,
-            i,
-            lo,
-            hi,
-            offset,
-        } = *run;
-        if hi <= lo {
-            continue;
-        }
-        for (oh, src) in src_row.chunks_exact(d.wo).enumerate() {
-            let Some(ih) = d.in_row(oh, i) else { continue };
-            let base = (ci * h + ih) * row_len + offset;
-            let dst = &mut dst[base..base + (hi - lo)];
-            vectorized(
-                #[inline(always)]
-                || dst.iter_mut().zip(&src[lo..hi]).for_each(|(o, v)| *o += *v),
-            );
-        }
+    for (at, base, len) in d.segments(runs) {
+        let (dst, src) = (&mut dst[base..base + len], &cols[at..at + len]);
+        vectorized(
+            #[inline(always)]
+            || dst.iter_mut().zip(src).for_each(|(o, v)| *o += *v),
+        );
     }
     if sw != 1 {
         let wp = w.div_ceil(sw);
