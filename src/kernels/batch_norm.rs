@@ -1,7 +1,8 @@
-//! Training-mode batch normalisation on f32 `[n, c, hw]` slices, forward and backward in
-//! two passes each (statistics per channel, then one elementwise pass), parallel over
-//! channels and planes. Burn's version is a chain of a dozen tensor ops, each a pass over
-//! the activations on one thread; see BENCHMARKS.md.
+//! Training-mode batch normalisation on f32 `[n, c, hw]` slices, one task per channel:
+//! forward and backward each compute the channel's sums and then write its output while
+//! the channel's values are still in cache (a channel of a 64-sample, 16x32x32 batch is
+//! 256 KiB), so each tensor crosses memory about once. Burn's version is a chain of a
+//! dozen tensor ops, each a pass over the activations on one thread; see BENCHMARKS.md.
 //!
 //! Sums run in f64 in a fixed order per channel: results do not depend on the thread
 //! count.
@@ -48,9 +49,6 @@ pub struct BnForward {
 /// and for any thread count.
 const LANES: usize = 8;
 
-/// Elements per task of a flat elementwise pass.
-const PASS: usize = 1 << 14;
-
 /// `(sum f(a, b), sum g(a, b))` over paired values, in f64 with [`LANES`] partial sums each.
 #[inline(always)]
 fn sum2(
@@ -81,31 +79,20 @@ fn sum1(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     sum2(x, x, |v, _| f(v), |_, _| 0.0).0
 }
 
-/// Per-channel mean and biased variance (two passes, f64 sums).
-fn statistics(s: &BnShape, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// Mean and biased variance of channel `ch` (two passes over its planes, f64 sums).
+#[inline(always)]
+fn channel_statistics(s: &BnShape, x: &[f32], ch: usize) -> (f32, f32) {
     let count = (s.n * s.hw) as f64;
-    (0..s.c)
-        .into_par_iter()
-        .map(|ch| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    // Loops rather than iterator adaptors: those are not always inlined
-                    // here, and then run without the wide instruction set.
-                    let mut sum = 0.0f64;
-                    for p in s.planes(x, ch) {
-                        sum += sum1(p, |v| v as f64);
-                    }
-                    let mean = sum / count;
-                    let mut sq = 0.0f64;
-                    for p in s.planes(x, ch) {
-                        sq += sum1(p, |v| (v as f64 - mean).powi(2));
-                    }
-                    (mean as f32, (sq / count) as f32)
-                },
-            )
-        })
-        .unzip()
+    let mut sum = 0.0f64;
+    for p in s.planes(x, ch) {
+        sum += sum1(p, |v| v as f64);
+    }
+    let mean = sum / count;
+    let mut sq = 0.0f64;
+    for p in s.planes(x, ch) {
+        sq += sum1(p, |v| (v as f64 - mean).powi(2));
+    }
+    (mean as f32, (sq / count) as f32)
 }
 
 /// `max(v, 0)` as Burn's ReLU computes it: NaN stays NaN (divergence must stay visible).
@@ -158,7 +145,8 @@ impl Epilogue<'_> {
 }
 
 /// `y = (x - mean) / sqrt(var + eps) * gamma + beta` with the batch's statistics, followed
-/// by the epilogue (residual add, ReLU).
+/// by the epilogue (residual add, ReLU). One task per channel computes the statistics and
+/// then writes the channel's output while its input is still in cache.
 pub fn forward(
     s: &BnShape,
     x: &[f32],
@@ -181,23 +169,38 @@ pub fn forward(
             var: vec![0.0; s.c],
         };
     }
-    let (mean, var) = statistics(s, x);
-    let scale: Vec<f32> = (0..s.c)
-        .map(|ch| gamma[ch] / (var[ch] as f64 + eps).sqrt() as f32)
-        .collect();
-    y.par_chunks_mut(s.hw)
-        .zip(x.par_chunks(s.hw))
+    let (mean, var): (Vec<f32>, Vec<f32>) = channel_planes_mut(s, &mut y)
+        .into_par_iter()
         .enumerate()
-        .for_each(|(plane, (y, x))| {
-            let ch = plane % s.c;
-            let (m, k, b) = (mean[ch], scale[ch], beta[ch]);
-            let r = epilogue.plane(s, plane);
+        .map(|(ch, ys)| {
             vectorized(
                 #[inline(always)]
-                || epilogue.write(y, x, r, |x| (x - m) * k + b),
-            );
-        });
+                || {
+                    let (m, v) = channel_statistics(s, x, ch);
+                    let k = gamma[ch] / (v as f64 + eps).sqrt() as f32;
+                    let b = beta[ch];
+                    for (sample, (y, x)) in ys.into_iter().zip(s.planes(x, ch)).enumerate() {
+                        let r = epilogue.plane(s, sample * s.c + ch);
+                        epilogue.write(y, x, r, |x| (x - m) * k + b);
+                    }
+                    (m, v)
+                },
+            )
+        })
+        .unzip();
     BnForward { y, mean, var }
+}
+
+/// The planes of `data` (`[n, c, hw]`) grouped by channel: `out[ch][sample]`, so that one
+/// task can write a whole channel.
+fn channel_planes_mut<'a>(s: &BnShape, data: &'a mut [f32]) -> Vec<Vec<&'a mut [f32]>> {
+    let mut out: Vec<Vec<&mut [f32]>> = (0..s.c).map(|_| Vec::with_capacity(s.n)).collect();
+    if s.hw > 0 {
+        for (plane, p) in data.chunks_exact_mut(s.hw).enumerate() {
+            out[plane % s.c].push(p);
+        }
+    }
+    out
 }
 
 /// `y = x * scale[c] + shift[c]`: inference-mode batch norm with the running statistics
@@ -247,7 +250,11 @@ pub struct BnBackward {
 /// `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`,
 /// `dx = gamma * inv_std * (dy - dbeta / M - xhat * dgamma / M)`.
 /// `relu_output`: the forward's output when it ended with a ReLU; `dy` is then first
-/// zeroed where that output is not positive (Burn's ReLU gradient).
+/// zeroed where that output is not positive (Burn's ReLU gradient), and that masked `dy`
+/// is returned too when `want_masked` (a residual's gradient).
+///
+/// One task per channel: the sums, then the channel's `dx` while its values are still in
+/// cache (two passes over memory instead of three to four).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     s: &BnShape,
@@ -258,39 +265,59 @@ pub fn backward(
     relu_output: Option<&[f32]>,
     dy: &[f32],
     eps: f64,
+    want_masked: bool,
 ) -> BnBackward {
     assert_eq!(x.len(), s.len(), "batch norm backward: input length");
     assert_eq!(dy.len(), s.len(), "batch norm backward: gradient length");
-    let masked_dy: Option<Vec<f32>> = relu_output.map(|y| {
+    if let Some(y) = relu_output {
         assert_eq!(y.len(), s.len(), "batch norm backward: output length");
-        let mut masked = vec![0.0f32; dy.len()];
-        masked
-            .par_chunks_mut(PASS)
-            .zip(y.par_chunks(PASS).zip(dy.par_chunks(PASS)))
-            .for_each(|(m, (y, dy))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (m, (y, d)) in m.iter_mut().zip(y.iter().zip(dy)) {
-                            *m = if *y <= 0.0 { 0.0 } else { *d };
-                        }
-                    },
-                )
-            });
-        masked
-    });
-    let dy = masked_dy.as_deref().unwrap_or(dy);
+    }
     assert!(mean.len() == s.c && var.len() == s.c && gamma.len() == s.c);
-    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (*v as f64 + eps).sqrt()).collect();
-    let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..s.c)
+    let count = (s.n * s.hw) as f32;
+    let mut dx = vec![0.0f32; x.len()];
+    let mut masked_dy = (want_masked && relu_output.is_some()).then(|| vec![0.0f32; x.len()]);
+    let mut masked_planes = match masked_dy.as_deref_mut() {
+        Some(m) => channel_planes_mut(s, m).into_iter().map(Some).collect(),
+        None => (0..s.c).map(|_| None).collect::<Vec<_>>(),
+    };
+    let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = channel_planes_mut(s, &mut dx)
         .into_par_iter()
-        .map(|ch| {
+        .zip(masked_planes.par_drain(..))
+        .enumerate()
+        .map(|(ch, (dxs, masked))| {
             vectorized(
                 #[inline(always)]
                 || {
-                    let (m, k) = (mean[ch] as f64, inv_std[ch]);
+                    // The channel's masked output gradient, in its own buffer (cached
+                    // for the second pass) unless there is no ReLU to apply.
+                    let mut own = Vec::new();
+                    let dyc: Vec<&[f32]> = match (relu_output, masked) {
+                        (None, _) => s.planes(dy, ch).collect(),
+                        (Some(y), Some(mut planes)) => {
+                            for (m, (y, d)) in
+                                planes.iter_mut().zip(s.planes(y, ch).zip(s.planes(dy, ch)))
+                            {
+                                for (m, (y, d)) in m.iter_mut().zip(y.iter().zip(d)) {
+                                    *m = if *y <= 0.0 { 0.0 } else { *d };
+                                }
+                            }
+                            planes.into_iter().map(|p| &*p).collect()
+                        }
+                        (Some(y), None) => {
+                            own.reserve_exact(s.n * s.hw);
+                            for (y, d) in s.planes(y, ch).zip(s.planes(dy, ch)) {
+                                own.extend(
+                                    y.iter()
+                                        .zip(d)
+                                        .map(|(y, d)| if *y <= 0.0 { 0.0 } else { *d }),
+                                );
+                            }
+                            own.chunks_exact(s.hw.max(1)).collect()
+                        }
+                    };
+                    let (m, k) = (mean[ch] as f64, 1.0 / (var[ch] as f64 + eps).sqrt());
                     let (mut g, mut b) = (0.0f64, 0.0f64);
-                    for (xp, dp) in s.planes(x, ch).zip(s.planes(dy, ch)) {
+                    for (xp, dp) in s.planes(x, ch).zip(dyc.iter()) {
                         let (pb, pg) = sum2(
                             xp,
                             dp,
@@ -300,35 +327,22 @@ pub fn backward(
                         b += pb;
                         g += pg;
                     }
-                    (g as f32, b as f32)
+                    let (dgamma, dbeta) = (g as f32, b as f32);
+                    let k = k as f32;
+                    let m = mean[ch];
+                    let a = gamma[ch] * k;
+                    let (db, dg) = (dbeta / count, dgamma / count);
+                    for ((dx, x), dy) in dxs.into_iter().zip(s.planes(x, ch)).zip(dyc.iter()) {
+                        for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy.iter()) {
+                            let xhat = (x - m) * k;
+                            *dx = a * (dy - db - xhat * dg);
+                        }
+                    }
+                    (dgamma, dbeta)
                 },
             )
         })
         .unzip();
-    let count = (s.n * s.hw) as f32;
-    let mut dx = vec![0.0f32; x.len()];
-    if !s.is_empty() {
-        dx.par_chunks_mut(s.hw)
-            .zip(x.par_chunks(s.hw).zip(dy.par_chunks(s.hw)))
-            .enumerate()
-            .for_each(|(plane, (dx, (x, dy)))| {
-                let ch = plane % s.c;
-                let k = inv_std[ch] as f32;
-                let m = mean[ch];
-                let a = gamma[ch] * k;
-                let db = dbeta[ch] / count;
-                let dg = dgamma[ch] / count;
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
-                            let xhat = (x - m) * k;
-                            *dx = a * (dy - db - xhat * dg);
-                        }
-                    },
-                );
-            });
-    }
     BnBackward {
         dx,
         dgamma,
@@ -422,7 +436,7 @@ mod tests {
         let beta = [0.2f32, 0.4];
         let w = values(s.len(), 3);
         let f = forward(&s, &x, &gamma, &beta, 1e-5, Epilogue::default());
-        let g = backward(&s, &x, &f.mean, &f.var, &gamma, None, &w, 1e-5);
+        let g = backward(&s, &x, &f.mean, &f.var, &gamma, None, &w, 1e-5, false);
         let h = 1e-2f32;
         for i in 0..s.len() {
             let (mut xp, mut xm) = (x.clone(), x.clone());
@@ -474,18 +488,33 @@ mod tests {
             .zip(&dy)
             .map(|(y, d)| if *y > 0.0 { *d } else { 0.0 })
             .collect();
-        let a = backward(
+        let b = backward(
             &s,
             &x,
-            &fused.mean,
-            &fused.var,
+            &plain.mean,
+            &plain.var,
             &gamma,
-            Some(&fused.y),
-            &dy,
+            None,
+            &masked,
             1e-5,
+            false,
         );
-        let b = backward(&s, &x, &plain.mean, &plain.var, &gamma, None, &masked, 1e-5);
-        assert_eq!((a.dx, a.dgamma, a.dbeta), (b.dx, b.dgamma, b.dbeta));
+        // The mask is applied in the same pass whether or not the masked gradient is kept.
+        for want_masked in [false, true] {
+            let a = backward(
+                &s,
+                &x,
+                &fused.mean,
+                &fused.var,
+                &gamma,
+                Some(&fused.y),
+                &dy,
+                1e-5,
+                want_masked,
+            );
+            assert_eq!((&a.dx, &a.dgamma, &a.dbeta), (&b.dx, &b.dgamma, &b.dbeta));
+            assert_eq!(a.masked_dy, want_masked.then(|| masked.clone()));
+        }
         let mut nan = x.clone();
         nan[0] = f32::NAN;
         assert!(forward(&s, &nan, &gamma, &beta, 1e-5, RELU).y[0].is_nan());
@@ -527,6 +556,7 @@ mod tests {
             Some(&fused.y),
             &dy,
             1e-5,
+            true,
         );
         let masked: Vec<f32> = want
             .iter()
@@ -534,7 +564,17 @@ mod tests {
             .map(|(y, d)| if *y > 0.0 { *d } else { 0.0 })
             .collect();
         assert_eq!(g.masked_dy.as_deref(), Some(&masked[..]));
-        let b = backward(&s, &x, &plain.mean, &plain.var, &gamma, None, &masked, 1e-5);
+        let b = backward(
+            &s,
+            &x,
+            &plain.mean,
+            &plain.var,
+            &gamma,
+            None,
+            &masked,
+            1e-5,
+            false,
+        );
         assert_eq!((g.dx, g.dgamma, g.dbeta), (b.dx, b.dgamma, b.dbeta));
         assert!(b.masked_dy.is_none());
         let inf = scale_shift(&s, &x, &gamma, &beta, epi);
@@ -561,7 +601,7 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 let f = forward(&s, &x, &gamma, &beta, 1e-5, RELU);
-                let b = backward(&s, &x, &f.mean, &f.var, &gamma, Some(&f.y), &dy, 1e-5);
+                let b = backward(&s, &x, &f.mean, &f.var, &gamma, Some(&f.y), &dy, 1e-5, true);
                 (f.y, f.mean, f.var, b.dx, b.dgamma, b.dbeta)
             })
         };

@@ -32,8 +32,9 @@ pub struct BnGrads<B: Backend> {
     pub x: FloatTensor<B>,
     pub gamma: FloatTensor<B>,
     pub beta: FloatTensor<B>,
-    /// Of the value before the ReLU, which is also a residual's gradient.
-    pub sum: FloatTensor<B>,
+    /// Of the value before the ReLU, which is also a residual's gradient: only when asked
+    /// for (`want_sum`).
+    pub sum: Option<FloatTensor<B>>,
 }
 
 /// Backends with (possibly faster) convolution and batch norm. The defaults are Burn's ops.
@@ -67,7 +68,9 @@ pub trait KernelBackend: Backend {
     }
 
     /// Gradients of [`KernelBackend::fast_batch_norm`]; `relu_output` is the forward's
-    /// output when it ended with a ReLU.
+    /// output when it ended with a ReLU; `want_sum`: whether [`BnGrads::sum`] is needed
+    /// (a residual was added).
+    #[allow(clippy::too_many_arguments)]
     fn fast_batch_norm_backward(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -76,6 +79,7 @@ pub trait KernelBackend: Backend {
         relu_output: Option<FloatTensor<Self>>,
         output_grad: FloatTensor<Self>,
         epsilon: f64,
+        want_sum: bool,
     ) -> BnGrads<Self> {
         batch_norm_backward_reference::<Self>(
             x,
@@ -85,6 +89,7 @@ pub trait KernelBackend: Backend {
             relu_output,
             output_grad,
             epsilon,
+            want_sum,
         )
     }
 
@@ -130,6 +135,7 @@ pub trait KernelBackend: Backend {
 
 /// Batch-norm gradients in Burn tensor ops (any backend); the reference the kernels are
 /// tested against.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward_reference<B: Backend>(
     x: FloatTensor<B>,
     mean: FloatTensor<B>,
@@ -138,6 +144,7 @@ pub fn batch_norm_backward_reference<B: Backend>(
     relu_output: Option<FloatTensor<B>>,
     output_grad: FloatTensor<B>,
     epsilon: f64,
+    want_sum: bool,
 ) -> BnGrads<B> {
     let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
     let t1 = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
@@ -164,7 +171,7 @@ pub fn batch_norm_backward_reference<B: Backend>(
         x: dx.into_primitive().tensor(),
         gamma: dgamma.into_primitive().tensor(),
         beta: dbeta.into_primitive().tensor(),
-        sum: dy.into_primitive().tensor(),
+        sum: want_sum.then(|| dy.into_primitive().tensor()),
     }
 }
 
@@ -317,6 +324,7 @@ impl KernelBackend for Flex {
         relu_output: Option<FlexTensor>,
         output_grad: FlexTensor,
         epsilon: f64,
+        want_sum: bool,
     ) -> BnGrads<Self> {
         let fits = bn_shape(&x, &[&mean, &var, &gamma]).filter(|s| {
             same_size(&output_grad, s) && relu_output.as_ref().is_none_or(|y| same_size(y, s))
@@ -330,6 +338,7 @@ impl KernelBackend for Flex {
                 relu_output,
                 output_grad,
                 epsilon,
+                want_sum,
             );
         };
         let [x, mean, var, gamma, dy] = [&x, &mean, &var, &gamma, &output_grad].map(contiguous);
@@ -343,12 +352,13 @@ impl KernelBackend for Flex {
             relu_output.as_ref().map(f32_slice),
             f32_slice(&dy),
             epsilon,
+            want_sum,
         );
         let [x, gamma, beta] = bn_tensors(&s, g.dx, g.dgamma, g.dbeta);
-        let sum = match g.masked_dy {
+        let sum = want_sum.then(|| match g.masked_dy {
             Some(m) => flex_from(m, vec![s.n, s.c, s.hw]),
             None => dy,
-        };
+        });
         BnGrads {
             x,
             gamma,
@@ -500,9 +510,13 @@ type BnState<B> = (
     f64,
 );
 
-fn bn_grads<B: KernelBackend>(state: BnState<B>, grad: FloatTensor<B>) -> BnGrads<B> {
+fn bn_grads<B: KernelBackend>(
+    state: BnState<B>,
+    grad: FloatTensor<B>,
+    want_sum: bool,
+) -> BnGrads<B> {
     let (x, mean, var, gamma, relu_output, epsilon) = state;
-    B::fast_batch_norm_backward(x, mean, var, gamma, relu_output, grad, epsilon)
+    B::fast_batch_norm_backward(x, mean, var, gamma, relu_output, grad, epsilon, want_sum)
 }
 
 /// Autodiff batch norm: parents (x, gamma, beta).
@@ -516,7 +530,7 @@ impl<B: KernelBackend> Backward<B, 3> for BatchNormOp {
     type State = BnState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _cp: &mut Checkpointer) {
-        let g = bn_grads::<B>(ops.state, grads.consume::<B>(&ops.node));
+        let g = bn_grads::<B>(ops.state, grads.consume::<B>(&ops.node), false);
         for (node, t) in ops.parents.into_iter().zip([g.x, g.gamma, g.beta]) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, t);
@@ -529,8 +543,9 @@ impl<B: KernelBackend> Backward<B, 4> for BatchNormResidualOp {
     type State = BnState<B>;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _cp: &mut Checkpointer) {
-        let g = bn_grads::<B>(ops.state, grads.consume::<B>(&ops.node));
-        for (node, t) in ops.parents.into_iter().zip([g.x, g.gamma, g.beta, g.sum]) {
+        let g = bn_grads::<B>(ops.state, grads.consume::<B>(&ops.node), true);
+        let sum = g.sum.expect("asked for the residual's gradient");
+        for (node, t) in ops.parents.into_iter().zip([g.x, g.gamma, g.beta, sum]) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, t);
             }
@@ -802,22 +817,30 @@ mod tests {
                     p(dy.clone()),
                 )
             };
-            let (a, b, c, d, e, f) = args();
-            let ours = Flex::fast_batch_norm_backward(a, b, c, d, e, f, 1e-5);
-            let (a, b, c, d, e, f) = args();
-            let reference = batch_norm_backward_reference::<Flex>(a, b, c, d, e, f, 1e-5);
-            let pairs = [
-                ("x", ours.x, reference.x),
-                ("gamma", ours.gamma, reference.gamma),
-                ("beta", ours.beta, reference.beta),
-                ("sum", ours.sum, reference.sum),
-            ];
-            for (name, o, r) in pairs {
-                let diff = Flex::float_max_abs_diff(o, r);
-                assert!(
-                    diff < 1e-4,
-                    "relu {relu}, gradient of {name}: max abs diff {diff}"
-                );
+            // The kernel fuses the ReLU mask differently with and without the sum.
+            for want_sum in [false, true] {
+                let (a, b, c, d, e, f) = args();
+                let ours = Flex::fast_batch_norm_backward(a, b, c, d, e, f, 1e-5, want_sum);
+                let (a, b, c, d, e, f) = args();
+                let reference =
+                    batch_norm_backward_reference::<Flex>(a, b, c, d, e, f, 1e-5, want_sum);
+                assert_eq!(ours.sum.is_some(), want_sum);
+                assert_eq!(reference.sum.is_some(), want_sum);
+                let mut pairs = vec![
+                    ("x", ours.x, reference.x),
+                    ("gamma", ours.gamma, reference.gamma),
+                    ("beta", ours.beta, reference.beta),
+                ];
+                if let (Some(o), Some(r)) = (ours.sum, reference.sum) {
+                    pairs.push(("sum", o, r));
+                }
+                for (name, o, r) in pairs {
+                    let diff = Flex::float_max_abs_diff(o, r);
+                    assert!(
+                        diff < 1e-4,
+                        "relu {relu}, sum {want_sum}, gradient of {name}: max abs diff {diff}"
+                    );
+                }
             }
         }
         // Other ranks go to the tensor-op version.
