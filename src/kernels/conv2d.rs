@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::direct;
 use super::simd::vectorized;
 
 /// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
@@ -586,23 +587,68 @@ impl Stride1 {
     /// each row copy is one long copy out of it: a third of the short copies of building
     /// each row copy from `x`.
     fn row_copies<'a>(&self, x: &[f32], padded: &'a mut Padded) -> &'a [f32] {
+        let plane = self.plane();
+        let xpad = self.padded_plane(x, padded);
+        let copies = padded.get(self.copies_key(), self.rows() * self.r);
+        for (row, dst) in copies.chunks_exact_mut(self.r).enumerate() {
+            let (ci, i) = (row / self.kh, row % self.kh);
+            // i * wp + r == plane for i == kh - 1: the last copy ends with the plane.
+            dst.copy_from_slice(&xpad[ci * plane + i * self.wp..][..self.r]);
+        }
+        self.give_back_plane(xpad, padded);
+        padded.get(self.copies_key(), self.rows() * self.r)
+    }
+
+    /// Length of one channel of the padded plane: the zero-padded image, then `kw - 1`
+    /// zeros (read only by junk columns).
+    fn plane(&self) -> usize {
+        (self.h + 2 * self.ph) * self.wp + self.kw - 1
+    }
+
+    fn plane_key(&self) -> Key {
+        [
+            self.c_in, self.h, self.w, self.ph, self.pw, self.kw, 0, 0, 0, 4,
+        ]
+    }
+
+    /// One sample `x` zero-padded by (ph, pw), `[c_in, plane]`, plus a vector's worth of
+    /// zeros at the end for [`direct::conv`]'s rounded-up last tile. A [`Padded`] buffer,
+    /// taken out of `padded`; hand it back with [`Stride1::give_back_plane`].
+    fn padded_plane(&self, x: &[f32], padded: &mut Padded) -> Vec<f32> {
         let (h, w, ph, pw, wp) = (self.h, self.w, self.ph, self.pw, self.wp);
-        let plane = (h + 2 * ph) * wp + self.kw - 1;
-        let key = [self.c_in, h, w, ph, pw, self.kw, 0, 0, 0, 4];
-        let mut xpad = std::mem::take(padded.get_vec(key, self.c_in * plane));
+        let plane = self.plane();
+        let len = self.c_in * plane + direct::MR;
+        let mut xpad = std::mem::take(padded.get_vec(self.plane_key(), len));
         for (src, dst) in x.chunks_exact(h * w).zip(xpad.chunks_exact_mut(plane)) {
             for (row, dst) in src.chunks_exact(w).zip(dst[ph * wp + pw..].chunks_mut(wp)) {
                 copy_short(&mut dst[..w], row);
             }
         }
-        let copies = padded.get(self.copies_key(), self.rows() * self.r);
-        for (row, dst) in copies.chunks_exact_mut(self.r).enumerate() {
-            let (ci, i) = (row / self.kh, row % self.kh);
-            // i * wp + r == plane for i == kh - 1: the last copy ends with the plane.
-            dst.copy_from_slice(&xpad[ci * plane + i * wp..][..self.r]);
+        xpad
+    }
+
+    fn give_back_plane(&self, xpad: Vec<f32>, padded: &mut Padded) {
+        *padded.get_vec(self.plane_key(), 0) = xpad;
+    }
+
+    /// The direct kernel's operands for `weight` (`[c_out, c_in, kh, kw]`), when it runs
+    /// here: AVX-512 and whole panels of output channels.
+    fn direct(&self, weight: &[f32]) -> Option<Direct> {
+        if !direct::available() || !self.c_out.is_multiple_of(direct::NR) {
+            return None;
         }
-        *padded.get_vec(key, 0) = xpad;
-        padded.get(self.copies_key(), self.rows() * self.r)
+        let plane = self.plane();
+        // Tap (ci, i, j) of output position p reads xpad[p + offset], in the weight's order.
+        let mut offsets = Vec::with_capacity(self.rows() * self.kw);
+        for ci in 0..self.c_in {
+            for i in 0..self.kh {
+                offsets.extend((0..self.kw).map(|j| ci * plane + i * self.wp + j));
+            }
+        }
+        Some(Direct {
+            packed: direct::pack(weight, self.c_out, offsets.len()),
+            offsets,
+        })
     }
 
     fn copies_key(&self) -> Key {
@@ -611,8 +657,9 @@ impl Stride1 {
         ]
     }
 
-    /// One sample's convolution into `y` (`[c_out, ho, wo]`), `wide` as scratch:
-    /// `kw` GEMMs, one per kernel column, accumulate the wide output.
+    /// One sample's convolution into `y` (`[c_out, ho, wo]`), `wide` as scratch: with the
+    /// direct kernel when `direct` is given (see [`Stride1::direct`]), else `kw` GEMMs, one
+    /// per kernel column, accumulating the wide output.
     #[allow(clippy::too_many_arguments)]
     fn forward_sample(
         &self,
@@ -622,7 +669,18 @@ impl Stride1 {
         y: &mut [f32],
         padded: &mut Padded,
         wide: &mut Vec<f32>,
+        direct: Option<&Direct>,
     ) {
+        if let Some(d) = direct {
+            // Rows of the wide output rounded up to whole vectors (the kernel's last tile).
+            let ld = self.lp.next_multiple_of(direct::MR);
+            let xpad = self.padded_plane(x, padded);
+            let wide = buf(wide, self.c_out * ld);
+            direct::conv(&xpad, &d.offsets, &d.packed, wide, self.lp, ld);
+            self.give_back_plane(xpad, padded);
+            self.compact(wide, ld, bias, y);
+            return;
+        }
         let copies = self.row_copies(x, padded);
         let wide = buf(wide, self.c_out * self.lp);
         let k = self.c_in * self.kh * self.kw;
@@ -647,11 +705,17 @@ impl Stride1 {
                 j > 0,
             );
         }
+        self.compact(wide, self.lp, bias, y);
+    }
+
+    /// `y[co, oh, ow] = wide[co * ld + oh * wp + ow] (+ bias[co])`: drops the junk columns.
+    fn compact(&self, wide: &[f32], ld: usize, bias: Option<&[f32]>, y: &mut [f32]) {
         for (co, (plane, wide)) in y
             .chunks_exact_mut(self.ho * self.wo)
-            .zip(wide.chunks_exact(self.lp))
+            .zip(wide.chunks(ld))
             .enumerate()
         {
+            let wide = &wide[..self.lp];
             let b = bias.map_or(0.0, |b| b[co]);
             vectorized(
                 #[inline(always)]
@@ -713,6 +777,12 @@ impl Stride1 {
     }
 }
 
+/// Operands of [`direct::conv`] for one layer call, shared by all its samples.
+struct Direct {
+    packed: Vec<f32>,
+    offsets: Vec<usize>,
+}
+
 /// `W'[ci, co, i, j] = W[co, ci, kh-1-i, kw-1-j]`: the kernel of the transposed
 /// convolution that gives the input gradient.
 fn flip_kernel(s: &Conv2dShape, weight: &[f32]) -> Vec<f32> {
@@ -734,6 +804,26 @@ fn flip_kernel(s: &Conv2dShape, weight: &[f32]) -> Vec<f32> {
 /// Forward convolution: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`,
 /// optional `bias` `[c_out]`; returns `[batch, c_out, ho, wo]`.
 pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    forward_with(s, x, weight, bias, Kernel::Best)
+}
+
+/// Which inner kernel the padded-width path may use: tests run both.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    /// The direct kernel where it applies.
+    Best,
+    /// `gemm` only.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Gemm,
+}
+
+fn forward_with(
+    s: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    kernel: Kernel,
+) -> Vec<f32> {
     let d = s.dims();
     assert_eq!(x.len(), s.input_len(), "conv2d: input length");
     assert_eq!(weight.len(), s.weight_len(), "conv2d: weight length");
@@ -746,12 +836,13 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
         return y;
     }
     if let Some(g) = Stride1::of(s) {
+        let direct = g.direct(weight).filter(|_| kernel == Kernel::Best);
         y.par_chunks_mut(y_len)
             .zip(x.par_chunks(d.x_len))
             .for_each(|(yn, xn)| {
                 let mut scratch = Scratch::take();
                 let Scratch { padded, wide, .. } = &mut scratch;
-                g.forward_sample(xn, weight, bias, yn, padded, wide);
+                g.forward_sample(xn, weight, bias, yn, padded, wide, direct.as_ref());
                 scratch.give_back();
             });
         return y;
@@ -805,6 +896,17 @@ pub struct Grads {
 /// Gradients w.r.t. input, weight and bias given the output gradient `dy`
 /// (`[batch, c_out, ho, wo]`). Input and weight gradients share one pass over the batch.
 pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: Wants) -> Grads {
+    backward_with(s, x, weight, dy, wants, Kernel::Best)
+}
+
+fn backward_with(
+    s: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    wants: Wants,
+    kernel: Kernel,
+) -> Grads {
     let d = s.dims();
     assert_eq!(x.len(), s.input_len(), "conv2d backward: input length");
     assert_eq!(
@@ -840,6 +942,9 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
         .filter(|_| wants.x)
         .and_then(|g| Some((Stride1::of(&g.transposed())?, flip_kernel(s, weight))));
     let transposed = flipped.as_ref().map(|(t, w)| (*t, &w[..]));
+    let transposed_direct = transposed
+        .and_then(|(t, w)| t.direct(w))
+        .filter(|_| kernel == Kernel::Best);
 
     // One chunk of samples: weight-gradient partial into `dw`, input gradient into `dxc`.
     let run_chunk = |c: usize, mut dxc: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
@@ -878,7 +983,15 @@ pub fn backward(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32], wants: W
                 );
             }
             if let (Some(dxn), Some((t, w_t))) = (dxn.as_deref_mut(), &transposed) {
-                t.forward_sample(dyn_, w_t, None, dxn, padded, wide);
+                t.forward_sample(
+                    dyn_,
+                    w_t,
+                    None,
+                    dxn,
+                    padded,
+                    wide,
+                    transposed_direct.as_ref(),
+                );
             } else if let Some(dxn) = dxn {
                 // dcols[k, l] = W^T[k, c_out] @ dY_n[c_out, l]
                 let target: &mut [f32] = if pointwise {
@@ -1084,6 +1197,12 @@ mod tests {
             // ... and enough output channels for the input gradient's padded-width path:
             s(2, 12, 5, 6, 12, 3, 3, [1, 1], [1, 1]),
             s(3, 11, 4, 5, 16, 3, 2, [1, 1], [0, 1]),
+            // Whole panels of output channels for the direct kernel (forward and input
+            // gradient), with 81, 40, 14 and 30 wide positions (its three tile widths):
+            s(3, 16, 9, 7, 16, 3, 3, [1, 1], [1, 1]),
+            s(2, 24, 5, 6, 16, 3, 3, [1, 1], [1, 1]),
+            s(2, 12, 2, 5, 16, 3, 3, [1, 1], [1, 1]),
+            s(2, 16, 6, 5, 16, 3, 2, [1, 1], [0, 1]),
             // Strided, with as many channels as the models' downsampling layers:
             s(3, 12, 7, 8, 4, 3, 3, [2, 2], [1, 1]), // the models' downsampling conv, odd h
             s(2, 32, 5, 6, 3, 1, 1, [2, 2], [0, 0]), // ResNet projection shortcut
@@ -1103,7 +1222,23 @@ mod tests {
             .count();
         assert!(wide_dx >= 2, "padded-width input gradients: {wide_dx}");
         assert!(wide - wide_dx >= 2);
+        // Shapes for the direct kernel, forward and (transposed) input gradient, and some
+        // that it does not take (channels not a multiple of its panel).
+        let panels = |g: &Stride1| g.c_out.is_multiple_of(direct::NR);
+        let wide_shapes: Vec<Stride1> = shapes().iter().filter_map(Stride1::of).collect();
+        let direct_fwd = wide_shapes.iter().filter(|g| panels(g)).count();
+        let direct_dx = wide_shapes
+            .iter()
+            .filter_map(|g| Stride1::of(&g.transposed()))
+            .filter(panels)
+            .count();
+        assert!(direct_fwd >= 5, "direct forward shapes: {direct_fwd}");
+        assert!(wide_shapes.len() - direct_fwd >= 3);
+        assert!(direct_dx >= 3, "direct input-gradient shapes: {direct_dx}");
     }
+
+    /// Both inner kernels of the padded-width path (the direct one only runs on AVX-512).
+    const KERNELS: [Kernel; 2] = [Kernel::Best, Kernel::Gemm];
 
     #[test]
     fn forward_matches_the_definition() {
@@ -1111,16 +1246,18 @@ mod tests {
             let x = values(s.input_len(), 1 + t as u32);
             let w = values(s.weight_len(), 100 + t as u32);
             let b = values(s.c_out, 200 + t as u32);
-            assert_close(
-                &format!("{s:?} y"),
-                &forward(s, &x, &w, None),
-                &naive_forward(s, &x, &w, None),
-            );
-            assert_close(
-                &format!("{s:?} y+b"),
-                &forward(s, &x, &w, Some(&b)),
-                &naive_forward(s, &x, &w, Some(&b)),
-            );
+            for kernel in KERNELS {
+                assert_close(
+                    &format!("{s:?} {kernel:?} y"),
+                    &forward_with(s, &x, &w, None, kernel),
+                    &naive_forward(s, &x, &w, None),
+                );
+                assert_close(
+                    &format!("{s:?} {kernel:?} y+b"),
+                    &forward_with(s, &x, &w, Some(&b), kernel),
+                    &naive_forward(s, &x, &w, Some(&b)),
+                );
+            }
         }
     }
 
@@ -1136,6 +1273,8 @@ mod tests {
                 weight: true,
                 bias: true,
             };
+            let gemm = backward_with(s, &x, &w, &dy, all, Kernel::Gemm);
+            assert_close(&format!("{s:?} gemm dx"), gemm.x.as_deref().unwrap(), &dx);
             let g = backward(s, &x, &w, &dy, all);
             assert_close(&format!("{s:?} dx"), g.x.as_deref().unwrap(), &dx);
             assert_close(&format!("{s:?} dw"), g.weight.as_deref().unwrap(), &dw);
@@ -1180,13 +1319,15 @@ mod tests {
             stride: [1, 1],
             pad: [1, 1],
         };
-        // Padded-width path, im2col path, strided im2col path (3 and 12 channels).
+        // Padded-width path (direct kernel forward; and for the input gradient), im2col
+        // path, strided im2col path (3 and 12 channels).
         let strided = Conv2dShape {
             stride: [2, 2],
             ..base
         };
         for s in [
             base,
+            Conv2dShape { c_in: 16, ..base },
             Conv2dShape { c_in: 4, ..base },
             strided,
             Conv2dShape { c_in: 3, ..strided },

@@ -4,4 +4,5 @@
 
 pub mod batch_norm;
 pub mod conv2d;
+pub mod direct;
 pub mod simd;
