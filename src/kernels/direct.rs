@@ -21,6 +21,11 @@ const LANES: usize = 16;
 /// Positions per full tile: three vectors.
 pub const MR: usize = 3 * LANES;
 
+/// `n` positions rounded up to whole vectors: the row length the kernel works on.
+pub fn padded_len(n: usize) -> usize {
+    n.next_multiple_of(LANES)
+}
+
 /// Whether the CPU runs the kernel (AVX-512F); callers fall back to `gemm` otherwise.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
