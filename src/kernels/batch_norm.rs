@@ -9,6 +9,9 @@
 
 use rayon::prelude::*;
 
+use std::mem::MaybeUninit;
+
+use super::buffer::{assume_init, assume_init_ref, uninit};
 use super::simd::vectorized;
 
 /// `[n, c, hw]`.
@@ -117,18 +120,34 @@ impl Epilogue<'_> {
     /// `y[i] = epilogue(f(x[i]))` over one plane, `residual` being that plane of the
     /// residual. One loop per epilogue variant, so each is a straight, vectorised pass.
     #[inline(always)]
-    fn write(&self, y: &mut [f32], x: &[f32], residual: &[f32], f: impl Fn(f32) -> f32) {
+    /// Writes every element of `y` (`x.len()` of them).
+    fn write(
+        &self,
+        y: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        residual: &[f32],
+        f: impl Fn(f32) -> f32,
+    ) {
+        assert_eq!(y.len(), x.len());
         match (self.residual.is_some(), self.relu) {
-            (false, false) => y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x)),
-            (false, true) => y.iter_mut().zip(x).for_each(|(y, x)| *y = relu(f(*x))),
+            (false, false) => y.iter_mut().zip(x).for_each(|(y, x)| {
+                y.write(f(*x));
+            }),
+            (false, true) => y.iter_mut().zip(x).for_each(|(y, x)| {
+                y.write(relu(f(*x)));
+            }),
             (true, false) => y
                 .iter_mut()
                 .zip(x.iter().zip(residual))
-                .for_each(|(y, (x, r))| *y = f(*x) + r),
+                .for_each(|(y, (x, r))| {
+                    y.write(f(*x) + r);
+                }),
             (true, true) => y
                 .iter_mut()
                 .zip(x.iter().zip(residual))
-                .for_each(|(y, (x, r))| *y = relu(f(*x) + r)),
+                .for_each(|(y, (x, r))| {
+                    y.write(relu(f(*x) + r));
+                }),
         }
     }
 
@@ -161,14 +180,14 @@ pub fn forward(
         gamma.len() == s.c && beta.len() == s.c,
         "batch norm: parameter length"
     );
-    let mut y = vec![0.0f32; x.len()];
     if s.is_empty() {
         return BnForward {
-            y,
+            y: vec![0.0; x.len()],
             mean: vec![0.0; s.c],
             var: vec![0.0; s.c],
         };
     }
+    let mut y = uninit(x.len());
     let (mean, var): (Vec<f32>, Vec<f32>) = channel_planes_mut(s, &mut y)
         .into_par_iter()
         .enumerate()
@@ -188,13 +207,15 @@ pub fn forward(
             )
         })
         .unzip();
+    // SAFETY: each channel's task wrote every plane of its channel (`write` fills a plane).
+    let y = unsafe { assume_init(y) };
     BnForward { y, mean, var }
 }
 
 /// The planes of `data` (`[n, c, hw]`) grouped by channel: `out[ch][sample]`, so that one
 /// task can write a whole channel.
-fn channel_planes_mut<'a>(s: &BnShape, data: &'a mut [f32]) -> Vec<Vec<&'a mut [f32]>> {
-    let mut out: Vec<Vec<&mut [f32]>> = (0..s.c).map(|_| Vec::with_capacity(s.n)).collect();
+fn channel_planes_mut<'a, T>(s: &BnShape, data: &'a mut [T]) -> Vec<Vec<&'a mut [T]>> {
+    let mut out: Vec<Vec<&mut [T]>> = (0..s.c).map(|_| Vec::with_capacity(s.n)).collect();
     if s.hw > 0 {
         for (plane, p) in data.chunks_exact_mut(s.hw).enumerate() {
             out[plane % s.c].push(p);
@@ -218,8 +239,11 @@ pub fn scale_shift(
         scale.len() == s.c && shift.len() == s.c,
         "batch norm: parameter length"
     );
-    let mut y = vec![0.0f32; x.len()];
-    if !s.is_empty() {
+    if s.is_empty() {
+        return vec![0.0; x.len()];
+    }
+    let mut y = uninit(x.len());
+    {
         y.par_chunks_mut(s.hw)
             .zip(x.par_chunks(s.hw))
             .enumerate()
@@ -233,7 +257,8 @@ pub fn scale_shift(
                 );
             });
     }
-    y
+    // SAFETY: `write` filled every plane.
+    unsafe { assume_init(y) }
 }
 
 /// Gradients of [`forward`] given the output gradient `dy`: input, gamma and beta.
@@ -274,8 +299,16 @@ pub fn backward(
     }
     assert!(mean.len() == s.c && var.len() == s.c && gamma.len() == s.c);
     let count = (s.n * s.hw) as f32;
-    let mut dx = vec![0.0f32; x.len()];
-    let mut masked_dy = (want_masked && relu_output.is_some()).then(|| vec![0.0f32; x.len()]);
+    if s.is_empty() {
+        return BnBackward {
+            dx: vec![0.0; x.len()],
+            dgamma: vec![0.0; s.c],
+            dbeta: vec![0.0; s.c],
+            masked_dy: (want_masked && relu_output.is_some()).then(|| vec![0.0; x.len()]),
+        };
+    }
+    let mut dx = uninit(x.len());
+    let mut masked_dy = (want_masked && relu_output.is_some()).then(|| uninit(x.len()));
     let mut masked_planes = match masked_dy.as_deref_mut() {
         Some(m) => channel_planes_mut(s, m).into_iter().map(Some).collect(),
         None => (0..s.c).map(|_| None).collect::<Vec<_>>(),
@@ -297,11 +330,16 @@ pub fn backward(
                             for (m, (y, d)) in
                                 planes.iter_mut().zip(s.planes(y, ch).zip(s.planes(dy, ch)))
                             {
+                                assert_eq!(m.len(), y.len());
                                 for (m, (y, d)) in m.iter_mut().zip(y.iter().zip(d)) {
-                                    *m = if *y <= 0.0 { 0.0 } else { *d };
+                                    m.write(if *y <= 0.0 { 0.0 } else { *d });
                                 }
                             }
-                            planes.into_iter().map(|p| &*p).collect()
+                            // SAFETY: every element of the planes was written just above.
+                            planes
+                                .into_iter()
+                                .map(|p| unsafe { assume_init_ref(p) })
+                                .collect()
                         }
                         (Some(y), None) => {
                             own.reserve_exact(s.n * s.hw);
@@ -333,9 +371,10 @@ pub fn backward(
                     let a = gamma[ch] * k;
                     let (db, dg) = (dbeta / count, dgamma / count);
                     for ((dx, x), dy) in dxs.into_iter().zip(s.planes(x, ch)).zip(dyc.iter()) {
+                        assert!(dx.len() == x.len() && dy.len() == x.len());
                         for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy.iter()) {
                             let xhat = (x - m) * k;
-                            *dx = a * (dy - db - xhat * dg);
+                            dx.write(a * (dy - db - xhat * dg));
                         }
                     }
                     (dgamma, dbeta)
@@ -343,6 +382,9 @@ pub fn backward(
             )
         })
         .unzip();
+    // SAFETY: each channel's task wrote every plane of its channel in `dx`, and in
+    // `masked_dy` (which exists only with a ReLU output, when the mask loop runs).
+    let (dx, masked_dy) = unsafe { (assume_init(dx), masked_dy.map(|m| assume_init(m))) };
     BnBackward {
         dx,
         dgamma,

@@ -3,6 +3,7 @@
 //! direct definitions here and against Burn's ops in `model::ops` and `model::norm`.
 
 pub mod batch_norm;
+pub mod buffer;
 pub mod conv2d;
 pub mod direct;
 pub mod simd;
