@@ -789,7 +789,14 @@ fn compact(
     }
 }
 
-/// Geometry of a strided convolution run by the direct kernel on phase planes.
+/// Fewest taps (`c_in * kh * kw`) for which a stride-1 convolution with few channels runs
+/// on the direct kernel rather than im2col + `gemm`: with 2 threads, batch 64, 3x3 kernels,
+/// 3 input channels (27 taps) ran 0.81x (16 outputs) and 0.95x (32) of im2col's time, and
+/// 1 input channel (9 taps, 28x28) 1.10x.
+const DIRECT_MIN_TAPS: usize = 16;
+
+/// Geometry of a convolution run by the direct kernel on phase planes (strided, or stride
+/// 1 with too few channels for [`Stride1`]: then one plane per channel, the padded input).
 ///
 /// The zero-padded input is split into `sh * sw` phase planes per channel, phase (a, b)
 /// holding padded rows `a, a + sh, ...` and columns `b, b + sw, ...` (`hr x wr` values).
@@ -807,12 +814,16 @@ struct Phased {
 }
 
 impl Phased {
-    /// For strided convolutions with whole panels of output channels, where the direct
-    /// kernel runs (AVX-512). Not for 1x1 kernels: they read one phase of the `sh * sw`
-    /// built, and im2col's subsampling copy measured faster (0.72 vs 0.80 ms for a
-    /// ResNet-20 projection shortcut).
+    /// For convolutions with whole panels of output channels where the direct kernel runs
+    /// (AVX-512): strided ones, and stride-1 ones with too few input channels for
+    /// [`Stride1`] (an RGB input layer: one phase, the padded plane). Not for 1x1 kernels:
+    /// strided, they read one phase of the `sh * sw` built, and im2col's subsampling copy
+    /// measured faster (0.72 vs 0.80 ms for a ResNet-20 projection shortcut); with stride
+    /// 1 the input already is im2col's matrix. Nor for stride 1 with fewer than
+    /// [`DIRECT_MIN_TAPS`] taps.
     fn of(s: &Conv2dShape) -> Option<Self> {
-        if s.stride == [1, 1]
+        let stride1 = s.stride == [1, 1];
+        if (stride1 && (Stride1::of(s).is_some() || s.c_in * s.kh * s.kw < DIRECT_MIN_TAPS))
             || (s.kh, s.kw) == (1, 1)
             || !s.c_out.is_multiple_of(direct::NR)
             || !direct::available()
@@ -869,31 +880,53 @@ impl Phased {
         let len = c_in * sh * sw * self.phase_len() + direct::MR;
         let out = padded.get(key, len);
         let (pl, wr) = (self.phase_len(), self.wr);
-        for (ci, x) in x.chunks_exact(h * w).enumerate() {
-            for (ih, row) in x.chunks_exact(w).enumerate() {
-                let (a, r) = ((ih + ph) % sh, (ih + ph) / sh);
-                let base = (ci * sh + a) * sw;
-                if sw == 2 {
-                    // Even and odd padded columns, without a division per element.
-                    let (b0, c0) = (pw % 2, pw / 2);
-                    let (even, odd) = (base + b0, base + 1 - b0);
-                    let even = &mut out[even * pl + r * wr + c0..][..w.div_ceil(2)];
-                    for (d, v) in even.iter_mut().zip(row.iter().step_by(2)) {
-                        *d = *v;
-                    }
-                    let c1 = pw.div_ceil(2);
-                    let odd = &mut out[odd * pl + r * wr + c1..][..w / 2];
-                    for (d, v) in odd.iter_mut().zip(row.iter().skip(1).step_by(2)) {
-                        *d = *v;
-                    }
-                } else {
-                    for (iw, v) in row.iter().enumerate() {
-                        let (b, c) = ((iw + pw) % sw, (iw + pw) / sw);
-                        out[(base + b) * pl + r * wr + c] = *v;
+        // One call for the whole sample: the loops are short (a row each).
+        vectorized(
+            #[inline(always)]
+            || {
+                for (ci, x) in x.chunks_exact(h * w).enumerate() {
+                    // Phase row of image row ih: (a, r) = ((ih + ph) % sh, (ih + ph) / sh), stepped
+                    // instead of divided (a division per row was a tenth of a CNN inference).
+                    let (mut a, mut r) = (ph % sh, ph / sh);
+                    for row in x.chunks_exact(w) {
+                        let base = (ci * sh + a) * sw;
+                        if sw == 1 {
+                            out[base * pl + r * wr + pw..][..w].copy_from_slice(row);
+                        } else if sw == 2 {
+                            // Even and odd image columns go to the phases of their padded
+                            // columns, pair by pair (no division or strided step per element).
+                            let (b0, c0, c1) = (pw % 2, pw / 2, pw.div_ceil(2));
+                            let (e, o) = (base + b0, base + 1 - b0);
+                            let (lo, hi) = out.split_at_mut(e.max(o) * pl);
+                            let (even, odd) = if e < o {
+                                (&mut lo[e * pl..], hi)
+                            } else {
+                                (hi, &mut lo[o * pl..])
+                            };
+                            let even = &mut even[r * wr + c0..][..w.div_ceil(2)];
+                            let odd = &mut odd[r * wr + c1..][..w / 2];
+                            let pairs = row.chunks_exact(2);
+                            if let [last] = pairs.remainder() {
+                                even[w / 2] = *last;
+                            }
+                            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                                *e = pair[0];
+                                *o = pair[1];
+                            }
+                        } else {
+                            for (iw, v) in row.iter().enumerate() {
+                                let (b, c) = ((iw + pw) % sw, (iw + pw) / sw);
+                                out[(base + b) * pl + r * wr + c] = *v;
+                            }
+                        }
+                        a += 1;
+                        if a == sh {
+                            (a, r) = (0, r + 1);
+                        }
                     }
                 }
-            }
-        }
+            },
+        );
         padded.get(key, len)
     }
 
@@ -1417,6 +1450,9 @@ mod tests {
             s(2, 3, 9, 11, 8, 3, 2, [2, 3], [1, 1]),  // other strides, asymmetric kernel
             s(2, 4, 7, 7, 8, 3, 3, [2, 2], [0, 0]),   // no padding
             s(1, 2, 6, 5, 16, 3, 3, [3, 2], [2, 1]),  // padding of kernel size - 1
+            // Stride 1 with few input channels (an RGB input layer): one phase plane.
+            s(2, 3, 8, 7, 8, 3, 3, [1, 1], [1, 1]),
+            s(2, 3, 5, 6, 16, 3, 2, [1, 1], [0, 1]),
         ]
     }
 
@@ -1446,10 +1482,19 @@ mod tests {
         assert!(wide_shapes.len() - direct_fwd >= 3);
         assert!(direct_dx >= 3, "direct input-gradient shapes: {direct_dx}");
         let strided = shapes().iter().filter(|s| s.stride != [1, 1]).count();
-        let phased = shapes().iter().filter_map(Phased::of).count();
+        let phased = shapes()
+            .iter()
+            .filter(|s| s.stride != [1, 1])
+            .filter_map(Phased::of)
+            .count();
+        let phased_stride1 = shapes()
+            .iter()
+            .filter(|s| s.stride == [1, 1])
+            .filter_map(Phased::of)
+            .count();
         if direct::available() {
             assert!(
-                phased >= 4 && strided - phased >= 5,
+                phased >= 4 && strided - phased >= 5 && phased_stride1 >= 2,
                 "{phased} of {strided}"
             );
         }
