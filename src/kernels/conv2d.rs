@@ -517,7 +517,7 @@ struct Stride1 {
     kw: usize,
     ph: usize,
     pw: usize,
-    /// Padded row length.
+    /// Row length of the padded plane: `w + pw` (see [`Stride1::of`]).
     wp: usize,
     ho: usize,
     wo: usize,
@@ -542,7 +542,11 @@ impl Stride1 {
             return None;
         }
         let [ho, wo] = s.out_hw()?;
-        let wp = s.w + 2 * pw;
+        // Rows share their padding: a row's right padding is the next row's left padding
+        // (both zero), so a row is `w + pw` long and an output row has `kw - 1 - pw` junk
+        // columns instead of `kw - 1` (ResNet-20's 8x8 layers: 72 wide positions for 64
+        // outputs instead of 80; 2-5% faster forward and backward).
+        let wp = s.w + pw;
         Some(Stride1 {
             c_in: s.c_in,
             h: s.h,
@@ -608,7 +612,7 @@ impl Stride1 {
 
     fn plane_key(&self) -> Key {
         [
-            self.c_in, self.h, self.w, self.ph, self.pw, self.kw, 0, 0, 0, 4,
+            self.c_in, self.h, self.w, self.ph, self.pw, self.kw, self.wp, 0, 0, 4,
         ]
     }
 
@@ -654,7 +658,7 @@ impl Stride1 {
 
     fn copies_key(&self) -> Key {
         [
-            self.c_in, self.h, self.w, self.kh, self.kw, self.ph, self.pw, 0, 0, 2,
+            self.c_in, self.h, self.w, self.kh, self.kw, self.ph, self.pw, self.wp, 0, 2,
         ]
     }
 
