@@ -1,7 +1,12 @@
 //! 2-D convolution on f32 NCHW slices, one sample per task, for the forward pass and both
-//! gradients: stride-1 convolutions with enough input channels on the padded-width grid
-//! (`Stride1`: `kh` row copies and `kw` GEMMs, the input gradient as the flipped-kernel
-//! convolution), the others as im2col + one GEMM.
+//! gradients:
+//! - stride-1 convolutions with enough input channels on the padded-width grid (`Stride1`):
+//!   forward and input gradient (the flipped-kernel convolution) with the direct kernel of
+//!   [`super::direct`] where the CPU has AVX-512 and the output channels fill its panels,
+//!   else `kh` row copies and `kw` GEMMs; the weight gradient as GEMMs on the row copies;
+//! - other convolutions with more than a 1x1 kernel and whole panels (strided ones, RGB input
+//!   layers): forward with the direct kernel on phase planes (`Phased`);
+//! - the rest, and the gradients of strided ones, as im2col + one GEMM.
 //!
 //! Why this exists: Burn 0.21's flex backend computes the weight gradient as a convolution
 //! of the transposed input with the transposed output gradient. The transposes go through
@@ -9,8 +14,8 @@
 //! the feature map, so the weight gradient alone was about a third of a CNN training step
 //! (see BENCHMARKS.md). Here every pass is a plain GEMM on matrices that fit in cache.
 //!
-//! Determinism: each sample is processed by one task with a single-threaded GEMM, and the
-//! weight gradient is summed over fixed chunks of [`CHUNK`] samples, then over the chunks
+//! Determinism: each sample is processed by one task with a single-threaded GEMM or kernel,
+//! and the weight gradient is summed over fixed chunks of [`CHUNK`] samples, then over the chunks
 //! in order, so results do not depend on the number of threads or on scheduling.
 
 use rayon::prelude::*;
