@@ -524,12 +524,7 @@ mod tests {
         let want: Vec<f32> = plain.y.iter().map(|v| v.max(0.0)).collect();
         assert_eq!(fused.y, want);
         assert!(fused.y.contains(&0.0) && fused.y.iter().any(|v| *v > 0.0));
-        let masked: Vec<f32> = plain
-            .y
-            .iter()
-            .zip(&dy)
-            .map(|(y, d)| if *y > 0.0 { *d } else { 0.0 })
-            .collect();
+        let masked = relu_masked(&plain.y, &dy);
         let b = backward(
             &s,
             &x,
@@ -560,6 +555,14 @@ mod tests {
         let mut nan = x.clone();
         nan[0] = f32::NAN;
         assert!(forward(&s, &nan, &gamma, &beta, 1e-5, RELU).y[0].is_nan());
+    }
+
+    /// `dy` where `y` (a ReLU's input or output) is positive, else 0: the ReLU's gradient.
+    fn relu_masked(y: &[f32], dy: &[f32]) -> Vec<f32> {
+        y.iter()
+            .zip(dy)
+            .map(|(y, d)| if *y > 0.0 { *d } else { 0.0 })
+            .collect()
     }
 
     const RELU: Epilogue = Epilogue {
@@ -600,11 +603,7 @@ mod tests {
             1e-5,
             true,
         );
-        let masked: Vec<f32> = want
-            .iter()
-            .zip(&dy)
-            .map(|(y, d)| if *y > 0.0 { *d } else { 0.0 })
-            .collect();
+        let masked = relu_masked(&want, &dy);
         assert_eq!(g.masked_dy.as_deref(), Some(&masked[..]));
         let b = backward(
             &s,
