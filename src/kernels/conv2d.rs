@@ -1036,6 +1036,9 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
     forward_with(s, x, weight, bias, Kernel::Best)
 }
 
+/// One sample's forward pass: input, output, this thread's scratch buffers.
+type SampleFn<'a> = dyn Fn(&[f32], &mut [f32], &mut Scratch) + Sync + 'a;
+
 /// Which inner kernels the convolution may use: tests run both.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
@@ -1065,39 +1068,35 @@ fn forward_with(
     if y_len == 0 || d.x_len == 0 {
         return y;
     }
-    if let Some(g) = Stride1::of(s) {
-        let direct = g.direct(weight).filter(|_| kernel == Kernel::Best);
+    // One task per sample, with this thread's scratch buffers (taken and given back per
+    // sample, so they outlive this call).
+    let mut per_sample = |f: &SampleFn| {
         y.par_chunks_mut(y_len)
             .zip(x.par_chunks(d.x_len))
             .for_each(|(yn, xn)| {
                 let mut scratch = Scratch::take();
-                let Scratch { padded, wide, .. } = &mut scratch;
-                g.forward_sample(xn, weight, bias, yn, padded, wide, direct.as_ref());
+                f(xn, yn, &mut scratch);
                 scratch.give_back();
-            });
-        return y;
-    }
-    if let Some(g) = Phased::of(s).filter(|_| kernel == Kernel::Best) {
+            })
+    };
+    if let Some(g) = Stride1::of(s) {
+        let direct = g.direct(weight).filter(|_| kernel == Kernel::Best);
+        per_sample(&|xn, yn, scratch| {
+            let Scratch { padded, wide, .. } = scratch;
+            g.forward_sample(xn, weight, bias, yn, padded, wide, direct.as_ref());
+        });
+    } else if let Some(g) = Phased::of(s).filter(|_| kernel == Kernel::Best) {
         let direct = Direct {
             packed: direct::pack(weight, s.c_out, d.k),
             offsets: g.offsets(),
         };
-        y.par_chunks_mut(y_len)
-            .zip(x.par_chunks(d.x_len))
-            .for_each(|(yn, xn)| {
-                let mut scratch = Scratch::take();
-                let Scratch { padded, wide, .. } = &mut scratch;
-                g.forward_sample(xn, &direct, bias, yn, padded, wide);
-                scratch.give_back();
-            });
-        return y;
-    }
-    let runs = d.runs();
-    y.par_chunks_mut(y_len)
-        .zip(x.par_chunks(d.x_len))
-        .for_each(|(yn, xn)| {
-            // Taken and given back per sample, so the buffers outlive this call.
-            let mut scratch = Scratch::take();
+        per_sample(&|xn, yn, scratch| {
+            let Scratch { padded, wide, .. } = scratch;
+            g.forward_sample(xn, &direct, bias, yn, padded, wide);
+        });
+    } else {
+        let runs = d.runs();
+        per_sample(&|xn, yn, scratch| {
             let cols = cols_of(&d, &runs, xn, &mut scratch.padded);
             gemm(
                 s.c_out,
@@ -1117,8 +1116,8 @@ fn forward_with(
                     );
                 }
             }
-            scratch.give_back();
         });
+    }
     y
 }
 
