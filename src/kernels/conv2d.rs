@@ -3,10 +3,13 @@
 //! - stride-1 convolutions with enough input channels on the padded-width grid (`Stride1`):
 //!   forward and input gradient (the flipped-kernel convolution) with the direct kernel of
 //!   [`super::direct`] where the CPU has AVX-512 and the output channels fill its panels,
-//!   else `kh` row copies and `kw` GEMMs; the weight gradient as GEMMs on the row copies;
+//!   else `kh` row copies and `kw` GEMMs;
 //! - other convolutions with more than a 1x1 kernel and whole panels (strided ones, RGB input
 //!   layers): forward with the direct kernel on phase planes (`Phased`);
-//! - the rest, and the gradients of strided ones, as im2col + one GEMM.
+//! - the weight gradient, any stride, with the kernel of [`super::wgrad`] where the CPU has
+//!   AVX-512 and the output channels fill its vectors (`WeightGrad`), else GEMMs on the row
+//!   copies (stride 1) or on im2col;
+//! - the rest, and the input gradient of strided ones, as im2col + one GEMM.
 //!
 //! Why this exists: Burn 0.21's flex backend computes the weight gradient as a convolution
 //! of the transposed input with the transposed output gradient. The transposes go through
@@ -23,6 +26,7 @@ use rayon::prelude::*;
 use super::buffer;
 use super::direct;
 use super::simd::vectorized;
+use super::wgrad;
 
 /// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
 /// every bit of the result, is the same whatever the thread count).
@@ -337,6 +341,8 @@ struct Scratch {
     dcols: Vec<f32>,
     /// Column-phase accumulator of the strided input gradient.
     phases: Vec<f32>,
+    /// The output gradient transposed, for [`WeightGrad`].
+    dy_t: Vec<f32>,
     /// Stride-1 path: the wide output.
     wide: Vec<f32>,
     /// im2col matrices, column phases, row copies and wide output gradients.
@@ -609,36 +615,28 @@ impl Stride1 {
         padded.get(self.copies_key(), self.rows() * self.r)
     }
 
-    /// Length of one channel of the padded plane: the zero-padded image, then `kw - 1`
-    /// zeros (read only by junk columns).
-    fn plane(&self) -> usize {
-        (self.h + 2 * self.ph) * self.wp + self.kw - 1
-    }
-
-    fn plane_key(&self) -> Key {
-        [
-            self.c_in, self.h, self.w, self.ph, self.pw, self.kw, self.wp, 0, 0, 4,
-        ]
-    }
-
-    /// One sample `x` zero-padded by (ph, pw), `[c_in, plane]`, plus a vector's worth of
-    /// zeros at the end for [`direct::conv`]'s rounded-up last tile. A [`Padded`] buffer,
-    /// taken out of `padded`; hand it back with [`Stride1::give_back_plane`].
-    fn padded_plane(&self, x: &[f32], padded: &mut Padded) -> Vec<f32> {
-        let (h, w, ph, pw, wp) = (self.h, self.w, self.ph, self.pw, self.wp);
-        let plane = self.plane();
-        let len = self.c_in * plane + direct::MR;
-        let mut xpad = std::mem::take(padded.get_vec(self.plane_key(), len));
-        for (src, dst) in x.chunks_exact(h * w).zip(xpad.chunks_exact_mut(plane)) {
-            for (row, dst) in src.chunks_exact(w).zip(dst[ph * wp + pw..].chunks_mut(wp)) {
-                copy_short(&mut dst[..w], row);
-            }
+    /// The padded plane this geometry reads.
+    fn planes(&self) -> Planes {
+        Planes {
+            c_in: self.c_in,
+            h: self.h,
+            w: self.w,
+            ph: self.ph,
+            pw: self.pw,
+            kw: self.kw,
         }
-        xpad
+    }
+
+    fn plane(&self) -> usize {
+        self.planes().plane()
+    }
+
+    fn padded_plane(&self, x: &[f32], padded: &mut Padded) -> Vec<f32> {
+        self.planes().build(x, padded)
     }
 
     fn give_back_plane(&self, xpad: Vec<f32>, padded: &mut Padded) {
-        *padded.get_vec(self.plane_key(), 0) = xpad;
+        self.planes().give_back(xpad, padded)
     }
 
     /// The direct kernel's operands for `weight` (`[c_out, c_in, kh, kw]`), when it runs
@@ -771,6 +769,144 @@ impl Stride1 {
             );
         }
         *padded.get_vec(key, 0) = dy_wide;
+    }
+}
+
+/// One sample's input zero-padded by (ph, pw) in rows of `wp = w + pw`: a row's right
+/// padding is the next row's left padding (both zero). Each channel's plane is followed by
+/// `kw - 1` zeros (read only by junk columns), the whole by a tile of zeros for
+/// [`direct::conv`]'s rounded-up last vectors. A tap (ci, i, j) of the output position
+/// whose window starts at padded (r, c) is element `ci * plane + (r + i) * wp + c + j`,
+/// as long as `pw < kw` (then no read passes the `kw - 1` zeros after a plane).
+#[derive(Clone, Copy)]
+struct Planes {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    ph: usize,
+    pw: usize,
+    kw: usize,
+}
+
+impl Planes {
+    fn wp(&self) -> usize {
+        self.w + self.pw
+    }
+
+    /// Length of one channel's plane.
+    fn plane(&self) -> usize {
+        (self.h + 2 * self.ph) * self.wp() + self.kw - 1
+    }
+
+    fn key(&self) -> Key {
+        let Planes {
+            c_in,
+            h,
+            w,
+            ph,
+            pw,
+            kw,
+        } = *self;
+        [c_in, h, w, ph, pw, kw, 0, 0, 0, 4]
+    }
+
+    /// The padded planes of `x` (`[c_in, h, w]`): a [`Padded`] buffer, taken out of
+    /// `padded` (only the image's values are written); hand it back with
+    /// [`Planes::give_back`].
+    fn build(&self, x: &[f32], padded: &mut Padded) -> Vec<f32> {
+        let (h, w, ph, pw, wp) = (self.h, self.w, self.ph, self.pw, self.wp());
+        let plane = self.plane();
+        let len = self.c_in * plane + direct::MR;
+        let mut xpad = std::mem::take(padded.get_vec(self.key(), len));
+        for (src, dst) in x.chunks_exact(h * w).zip(xpad.chunks_exact_mut(plane)) {
+            for (row, dst) in src.chunks_exact(w).zip(dst[ph * wp + pw..].chunks_mut(wp)) {
+                copy_short(&mut dst[..w], row);
+            }
+        }
+        xpad
+    }
+
+    fn give_back(&self, xpad: Vec<f32>, padded: &mut Padded) {
+        *padded.get_vec(self.key(), 0) = xpad;
+    }
+}
+
+/// Geometry of the weight gradient on the kernel of [`wgrad`] (AVX-512, whole vectors of
+/// output channels, 3- or 1-wide kernels, any stride): the input read in place from its
+/// [`Planes`], the output gradient transposed per sample.
+struct WeightGrad {
+    planes: Planes,
+    c_out: usize,
+    kw: usize,
+    /// Start of each row `(ci, i)` of taps in the planes: `ci * plane + i * wp`.
+    rows: Vec<usize>,
+    /// Start of each output position's window: `oh * sh * wp + ow * sw`.
+    bases: Vec<usize>,
+}
+
+impl WeightGrad {
+    /// For the shapes [`wgrad::takes`] and padding narrower than the kernel; not for
+    /// pointwise stride-1 convolutions, whose input already is the GEMM's operand.
+    fn of(s: &Conv2dShape) -> Option<Self> {
+        let [ph, pw] = s.pad;
+        if !wgrad::takes(s.c_out, s.kw)
+            || pw >= s.kw
+            || (s.kh, s.kw, s.stride, s.pad) == (1, 1, [1, 1], [0, 0])
+        {
+            return None;
+        }
+        let [ho, wo] = s.out_hw()?;
+        let planes = Planes {
+            c_in: s.c_in,
+            h: s.h,
+            w: s.w,
+            ph,
+            pw,
+            kw: s.kw,
+        };
+        let (plane, wp) = (planes.plane(), planes.wp());
+        let [sh, sw] = s.stride;
+        let rows = (0..s.c_in)
+            .flat_map(|ci| (0..s.kh).map(move |i| ci * plane + i * wp))
+            .collect();
+        let bases = (0..ho)
+            .flat_map(|oh| (0..wo).map(move |ow| oh * sh * wp + ow * sw))
+            .collect();
+        Some(WeightGrad {
+            planes,
+            c_out: s.c_out,
+            kw: s.kw,
+            rows,
+            bases,
+        })
+    }
+
+    /// Adds one sample's weight gradient into `dw_t` (`[(ci, i, j), c_out]`), accumulating
+    /// unless `first`; `dy_t` is scratch for the transposed output gradient.
+    fn sample(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw_t: &mut [f32],
+        first: bool,
+        padded: &mut Padded,
+        dy_t: &mut Vec<f32>,
+    ) {
+        let n = self.bases.len();
+        let dy_t = buf(dy_t, self.c_out * n);
+        wgrad::transpose(dy, self.c_out, n, dy_t);
+        let xpad = self.planes.build(x, padded);
+        wgrad::weight_grad(
+            &xpad,
+            &self.rows,
+            self.kw,
+            &self.bases,
+            dy_t,
+            self.c_out,
+            dw_t,
+            !first,
+        );
+        self.planes.give_back(xpad, padded);
     }
 }
 
@@ -963,6 +1099,9 @@ struct Direct {
     offsets: Vec<usize>,
 }
 
+/// Weight-gradient values per task when summing the chunks' partials.
+const SUM_BLOCK: usize = 1 << 12;
+
 /// Output channels below which the padded-width weight gradient runs as one stacked GEMM
 /// ([`Stride1::weight_grad_stacked`]): measured 13% faster for 16 channels, no faster
 /// for 32 and 64 (where `gemm`'s m already fills its wider kernels).
@@ -1043,7 +1182,8 @@ type SampleFn<'a> = dyn Fn(&[f32], &mut [f32], &mut Scratch) + Sync + 'a;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
     /// The direct kernel (stride-1 padded-width and strided phase-plane forward, stride-1
-    /// input gradient) and the stacked weight gradient, where they apply.
+    /// input gradient), the weight-gradient kernel and the stacked weight gradient, where
+    /// they apply.
     Best,
     /// The plain `gemm` paths: im2col, or one GEMM per kernel column.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -1187,6 +1327,7 @@ fn backward_with(
         .and_then(|g| Some((Stride1::of(&g.transposed())?, flip_kernel(s, weight))));
     let transposed = flipped.as_ref().map(|(t, w)| (*t, &w[..]));
     let stacked = kernel == Kernel::Best && s.c_out < STACK_BELOW;
+    let direct_wgrad = WeightGrad::of(s).filter(|_| wants.weight && kernel == Kernel::Best);
     let transposed_direct = transposed
         .and_then(|(t, w)| t.direct(w))
         .filter(|_| kernel == Kernel::Best);
@@ -1198,6 +1339,7 @@ fn backward_with(
         let Scratch {
             dcols,
             phases,
+            dy_t,
             wide,
             padded,
         } = &mut scratch;
@@ -1210,7 +1352,9 @@ fn backward_with(
             let mut dxn = dxc
                 .as_deref_mut()
                 .map(|dxc| &mut dxc[(n - first) * d.x_len..(n - first + 1) * d.x_len]);
-            if let (Some(dw), Some(g)) = (dw.as_deref_mut(), &stride1) {
+            if let (Some(dw), Some(g)) = (dw.as_deref_mut(), &direct_wgrad) {
+                g.sample(xn, dyn_, dw, n == first, padded, dy_t);
+            } else if let (Some(dw), Some(g)) = (dw.as_deref_mut(), &stride1) {
                 g.weight_grad_sample(xn, dyn_, dw, n == first, padded, stacked);
             } else if let Some(dw) = dw.as_deref_mut() {
                 let cols_n = cols_of(&d, &runs, xn, padded);
@@ -1283,11 +1427,18 @@ fn backward_with(
     }
 
     let weight_grad = wants.weight.then(|| {
-        // Partials hold dW^T ([k, c_out]); sum them in chunk order, then transpose.
+        // Partials hold dW^T ([k, c_out]); sum them in chunk order (in parallel over the
+        // elements: with the weight-gradient kernel this pass was a fifth of a 64-channel
+        // weight gradient on one thread), then transpose.
         let mut dw_t = vec![0.0f32; w_len];
-        for part in partials.chunks_exact(w_len) {
-            dw_t.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
+        dw_t.par_chunks_mut(SUM_BLOCK)
+            .enumerate()
+            .for_each(|(b, out)| {
+                for part in partials.chunks_exact(w_len) {
+                    let part = &part[b * SUM_BLOCK..][..out.len()];
+                    out.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                }
+            });
         let mut dw = vec![0.0f32; w_len];
         for (kk, row) in dw_t.chunks_exact(s.c_out).enumerate() {
             for (co, v) in row.iter().enumerate() {
@@ -1461,6 +1612,14 @@ mod tests {
             // Stride 1 with few input channels (an RGB input layer): one phase plane.
             s(2, 3, 8, 7, 8, 3, 3, [1, 1], [1, 1]),
             s(2, 3, 5, 6, 16, 3, 2, [1, 1], [0, 1]),
+            // Whole vectors of output channels for the weight-gradient kernel: its three
+            // tile heights (16, 32 and 64 channels), strided, pointwise-strided, and an
+            // odd count of tap rows (the last row block partly filled).
+            s(2, 5, 6, 5, 32, 3, 3, [1, 1], [1, 1]),
+            s(2, 4, 7, 6, 64, 3, 3, [2, 2], [1, 1]),
+            s(3, 6, 7, 7, 32, 1, 1, [2, 2], [0, 0]),
+            s(2, 7, 5, 4, 64, 1, 1, [2, 1], [0, 0]),
+            s(2, 3, 6, 6, 48, 3, 3, [1, 1], [1, 1]),
         ]
     }
 
@@ -1500,7 +1659,20 @@ mod tests {
             .filter(|s| s.stride == [1, 1])
             .filter_map(Phased::of)
             .count();
+        // The weight-gradient kernel's tile heights (one, two and four vectors of
+        // channels) and kernel widths.
+        let wgrad: Vec<Conv2dShape> = shapes()
+            .into_iter()
+            .filter(|s| WeightGrad::of(s).is_some())
+            .collect();
         if direct::available() {
+            for (c_out, kw) in [(16, 3), (32, 3), (64, 3), (48, 3), (32, 1), (64, 1)] {
+                assert!(
+                    wgrad.iter().any(|s| s.c_out == c_out && s.kw == kw),
+                    "weight-gradient kernel: no shape with {c_out} channels, kw {kw}"
+                );
+            }
+            assert!(wgrad.iter().filter(|s| s.stride != [1, 1]).count() >= 3);
             assert!(
                 phased >= 4 && strided - phased >= 5 && phased_stride1 >= 2,
                 "{phased} of {strided}"

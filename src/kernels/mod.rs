@@ -7,3 +7,4 @@ pub mod buffer;
 pub mod conv2d;
 pub mod direct;
 pub mod simd;
+pub mod wgrad;
