@@ -21,6 +21,8 @@
 //! and the weight gradient is summed over fixed chunks of [`CHUNK`] samples, then over the chunks
 //! in order, so results do not depend on the number of threads or on scheduling.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::buffer;
@@ -674,7 +676,7 @@ impl Stride1 {
         x: &[f32],
         weight: &[f32],
         bias: Option<&[f32]>,
-        y: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
         padded: &mut Padded,
         wide: &mut Vec<f32>,
         direct: Option<&Direct>,
@@ -717,7 +719,7 @@ impl Stride1 {
     }
 
     /// `y[co, oh, ow] = wide[co * ld + oh * wp + ow] (+ bias[co])`: drops the junk columns.
-    fn compact(&self, wide: &[f32], ld: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+    fn compact(&self, wide: &[f32], ld: usize, bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
         compact(wide, ld, self.wp, [self.ho, self.wo], bias, y);
     }
 
@@ -918,8 +920,15 @@ fn compact(
     wp: usize,
     [ho, wo]: [usize; 2],
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
+    // Every element of `y` is written (callers rely on it): whole planes, one per channel
+    // of `wide`, each row of `wo` values from a row of `wp >= wo`.
+    let planes = y.len() / (ho * wo);
+    assert!(
+        y.len() == planes * ho * wo && wide.len().div_ceil(ld) >= planes && wp >= wo,
+        "conv2d: compact shapes"
+    );
     for (co, (plane, wide)) in y.chunks_exact_mut(ho * wo).zip(wide.chunks(ld)).enumerate() {
         let wide = &wide[..ho * wp];
         let b = bias.map_or(0.0, |b| b[co]);
@@ -927,7 +936,9 @@ fn compact(
             #[inline(always)]
             || {
                 for (dst, src) in plane.chunks_exact_mut(wo).zip(wide.chunks_exact(wp)) {
-                    dst.iter_mut().zip(src).for_each(|(d, v)| *d = v + b);
+                    dst.iter_mut().zip(src).for_each(|(d, v)| {
+                        d.write(v + b);
+                    });
                 }
             },
         );
@@ -1081,7 +1092,7 @@ impl Phased {
         x: &[f32],
         d: &Direct,
         bias: Option<&[f32]>,
-        y: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
         padded: &mut Padded,
         wide: &mut Vec<f32>,
     ) {
@@ -1175,8 +1186,9 @@ pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>)
     forward_with(s, x, weight, bias, Kernel::Best)
 }
 
-/// One sample's forward pass: input, output, this thread's scratch buffers.
-type SampleFn<'a> = dyn Fn(&[f32], &mut [f32], &mut Scratch) + Sync + 'a;
+/// One sample's forward pass: input, output (uninitialised; the function writes every
+/// element), this thread's scratch buffers.
+type SampleFn<'a> = dyn Fn(&[f32], &mut [MaybeUninit<f32>], &mut Scratch) + Sync + 'a;
 
 /// Which inner kernels the convolution may use: tests run both.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1203,11 +1215,12 @@ fn forward_with(
     if let Some(b) = bias {
         assert_eq!(b.len(), s.c_out, "conv2d: bias length");
     }
-    let mut y = buffer::zeroed(s.output_len());
     let y_len = s.c_out * d.l;
     if y_len == 0 || d.x_len == 0 {
-        return y;
+        return vec![0.0; s.output_len()];
     }
+    // Every sample's task writes its whole output (see `SampleFn`), so no zeroing pass.
+    let mut y = buffer::uninit(s.output_len());
     // One task per sample, with this thread's scratch buffers (taken and given back per
     // sample, so they outlive this call).
     let mut per_sample = |f: &SampleFn| {
@@ -1237,6 +1250,7 @@ fn forward_with(
     } else {
         let runs = d.runs();
         per_sample(&|xn, yn, scratch| {
+            let yn = buffer::zero_init(yn);
             let cols = cols_of(&d, &runs, xn, &mut scratch.padded);
             gemm(
                 s.c_out,
@@ -1258,7 +1272,9 @@ fn forward_with(
             }
         });
     }
-    y
+    // SAFETY: each sample's task wrote its whole output slice: `compact` writes every
+    // element, and the GEMM path zero-initialises its slice first.
+    unsafe { buffer::assume_init(y) }
 }
 
 /// Which gradients [`backward`] should compute.
@@ -1308,8 +1324,10 @@ fn backward_with(
     let chunks = s.batch.div_ceil(CHUNK);
     let runs = d.runs();
 
+    // Each chunk's task writes its samples' whole input gradient: the transposed
+    // convolution's `compact` writes every element, the col2im path zeroes first.
     let mut dx = if wants.x {
-        buffer::zeroed(x.len())
+        buffer::uninit(x.len())
     } else {
         Vec::new()
     };
@@ -1333,7 +1351,7 @@ fn backward_with(
         .filter(|_| kernel == Kernel::Best);
 
     // One chunk of samples: weight-gradient partial into `dw`, input gradient into `dxc`.
-    let run_chunk = |c: usize, mut dxc: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
+    let run_chunk = |c: usize, mut dxc: Option<&mut [MaybeUninit<f32>]>, dw: Option<&mut [f32]>| {
         let pointwise = d.is_pointwise();
         let mut scratch = Scratch::take();
         let Scratch {
@@ -1382,6 +1400,7 @@ fn backward_with(
                     transposed_direct.as_ref(),
                 );
             } else if let Some(dxn) = dxn {
+                let dxn = buffer::zero_init(dxn);
                 // dcols[k, l] = W^T[k, c_out] @ dY_n[c_out, l]
                 let target: &mut [f32] = if pointwise {
                     dxn
@@ -1458,6 +1477,13 @@ fn backward_with(
         }
         db
     });
+    let dx = if y_len > 0 && d.x_len > 0 {
+        // SAFETY: the chunks' tasks ran and each wrote its samples' whole input gradient
+        // (see `dx` above).
+        unsafe { buffer::assume_init(dx) }
+    } else {
+        vec![0.0; dx.len()]
+    };
     Grads {
         x: wants.x.then_some(dx),
         weight: weight_grad,
