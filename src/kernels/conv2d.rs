@@ -9,7 +9,9 @@
 //! - the weight gradient, any stride, with the kernel of [`super::wgrad`] where the CPU has
 //!   AVX-512 and the output channels fill its vectors (`WeightGrad`), else GEMMs on the row
 //!   copies (stride 1) or on im2col;
-//! - the rest, and the input gradient of strided ones, as im2col + one GEMM.
+//! - the input gradient of strided ones with whole panels of input channels as one
+//!   stride-1 sub-convolution per stride phase on the direct kernel (`PhasedDx`);
+//! - the rest as im2col + one GEMM (or its adjoint).
 //!
 //! Why this exists: Burn 0.21's flex backend computes the weight gradient as a convolution
 //! of the transposed input with the transposed output gradient. The transposes go through
@@ -1104,6 +1106,154 @@ impl Phased {
     }
 }
 
+/// The input gradient of a strided convolution on the direct kernel, one sub-convolution
+/// per stride phase.
+///
+/// Input row `r` of the padded input (`r = ih + ph`) is reached by the kernel rows
+/// `i = a + sh * t` with `a = r % sh`, from output row `r / sh - t`. So the rows of phase
+/// `a` (and likewise the columns of phase `b`) get the full stride-1 correlation of `dy`
+/// with the flipped sub-kernel `W[:, :, a + sh * t, b + sw * t']`: a small stride-1
+/// convolution per phase, on the padded-plane grid of [`Planes`] with no junk columns,
+/// scattered back to every `sh`-th row and `sw`-th column. (im2col's adjoint, the
+/// alternative, ran this at 34-43 GFLOP/s per core against 80-100 for the kernel.)
+struct PhasedDx {
+    s: Conv2dShape,
+    phases: Vec<DxPhase>,
+}
+
+/// Most output channels for [`PhasedDx`]: with 2 threads, batch 64, 3x3 stride-2 layers
+/// ran 0.79-0.87x of im2col's time with 32 and 64 output channels, but 1.07x with 128
+/// (64 -> 128 channels on 16x16: the phases' taps then read more than L1 holds).
+const PHASED_DX_MAX_CHANNELS: usize = 64;
+
+/// One stride phase of [`PhasedDx`].
+struct DxPhase {
+    /// The phase: padded input rows `a, a + sh, ...`, columns `b, b + sw, ...`.
+    a: usize,
+    b: usize,
+    /// `dy` zero-padded by the sub-kernel's size - 1: output row `u` of the correlation
+    /// is padded input row `a + sh * u`; its rows are `wq` long with no junk columns.
+    planes: Planes,
+    rows: usize,
+    wq: usize,
+    direct: Direct,
+}
+
+impl PhasedDx {
+    /// For strided convolutions with more than a 1x1 kernel (a strided 1x1's input gradient
+    /// is one GEMM and a scatter), whole panels of input channels, at most
+    /// [`PHASED_DX_MAX_CHANNELS`] output channels, where the direct kernel runs (AVX-512).
+    fn of(s: &Conv2dShape, weight: &[f32]) -> Option<Self> {
+        if s.stride == [1, 1]
+            || (s.kh, s.kw) == (1, 1)
+            || !s.c_in.is_multiple_of(direct::NR)
+            || s.c_out > PHASED_DX_MAX_CHANNELS
+            || !direct::available()
+        {
+            return None;
+        }
+        let [ho, wo] = s.out_hw()?;
+        let [sh, sw] = s.stride;
+        let mut phases = Vec::new();
+        for a in 0..sh.min(s.kh) {
+            for b in 0..sw.min(s.kw) {
+                let kt = [(s.kh - a).div_ceil(sh), (s.kw - b).div_ceil(sw)];
+                let planes = Planes {
+                    c_in: s.c_out,
+                    h: ho,
+                    w: wo,
+                    ph: kt[0] - 1,
+                    pw: kt[1] - 1,
+                    kw: kt[1],
+                };
+                let (plane, wq) = (planes.plane(), planes.wp());
+                // Tap (co, t, t') reads the padded dy at offset co * plane + t * wq + t' and
+                // weighs it with the flipped sub-kernel: W[co, ci, a + sh * (kt0 - 1 - t), ...].
+                let k = s.c_out * kt[0] * kt[1];
+                let mut offsets = Vec::with_capacity(k);
+                let mut w = vec![0.0f32; s.c_in * k];
+                for co in 0..s.c_out {
+                    for t in 0..kt[0] {
+                        for u in 0..kt[1] {
+                            let tap = offsets.len();
+                            offsets.push(co * plane + t * wq + u);
+                            let i = a + sh * (kt[0] - 1 - t);
+                            let j = b + sw * (kt[1] - 1 - u);
+                            for ci in 0..s.c_in {
+                                w[ci * k + tap] =
+                                    weight[((co * s.c_in + ci) * s.kh + i) * s.kw + j];
+                            }
+                        }
+                    }
+                }
+                phases.push(DxPhase {
+                    a,
+                    b,
+                    planes,
+                    rows: ho + kt[0] - 1,
+                    wq,
+                    direct: Direct {
+                        packed: direct::pack(&w, s.c_in, k),
+                        offsets,
+                    },
+                });
+            }
+        }
+        Some(PhasedDx { s: *s, phases })
+    }
+
+    /// One sample's input gradient into `dx` (`[c_in, h, w]`, written in full): zeroed (rows
+    /// and columns that no window reaches stay zero), then each phase's correlation
+    /// scattered into its rows and columns.
+    fn sample(
+        &self,
+        dy: &[f32],
+        dx: &mut [MaybeUninit<f32>],
+        padded: &mut Padded,
+        wide: &mut Vec<f32>,
+    ) {
+        let Conv2dShape {
+            c_in,
+            h,
+            w,
+            stride: [sh, sw],
+            pad: [ph, pw],
+            ..
+        } = self.s;
+        let dx = buffer::zero_init(dx);
+        for p in &self.phases {
+            let n = p.rows * p.wq;
+            let ld = direct::padded_len(n);
+            let wide = buf(wide, c_in * ld);
+            let plane = p.planes.build(dy, padded);
+            direct::conv(&plane, &p.direct.offsets, &p.direct.packed, wide, n, ld);
+            p.planes.give_back(plane, padded);
+            // Correlation row u is padded input row a + sh * u, i.e. input row
+            // a + sh * u - ph where that is inside the image (columns alike).
+            // Columns: the first correlation column v0 inside the image, at input column
+            // iw0, then every column up to the image's edge, sw input columns apart.
+            let v0 = pw.saturating_sub(p.b).div_ceil(sw);
+            let iw0 = p.b + sw * v0 - pw;
+            let count = (p.wq.saturating_sub(v0)).min(w.saturating_sub(iw0).div_ceil(sw));
+            if count == 0 {
+                continue;
+            }
+            for (dxc, out) in dx.chunks_exact_mut(h * w).zip(wide.chunks_exact(ld)) {
+                for u in 0..p.rows {
+                    let Some(ih) = (p.a + sh * u).checked_sub(ph).filter(|ih| *ih < h) else {
+                        continue;
+                    };
+                    let dst = &mut dxc[ih * w + iw0..(ih + 1) * w];
+                    let src = &out[u * p.wq + v0..][..count];
+                    for (d, v) in dst.iter_mut().step_by(sw).zip(src) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Operands of [`direct::conv`] for one layer call, shared by all its samples.
 struct Direct {
     packed: Vec<f32>,
@@ -1194,8 +1344,8 @@ type SampleFn<'a> = dyn Fn(&[f32], &mut [MaybeUninit<f32>], &mut Scratch) + Sync
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
     /// The direct kernel (stride-1 padded-width and strided phase-plane forward, stride-1
-    /// input gradient), the weight-gradient kernel and the stacked weight gradient, where
-    /// they apply.
+    /// and stride-phase input gradients), the weight-gradient kernel and the stacked weight
+    /// gradient, where they apply.
     Best,
     /// The plain `gemm` paths: im2col, or one GEMM per kernel column.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -1349,6 +1499,9 @@ fn backward_with(
     let transposed_direct = transposed
         .and_then(|(t, w)| t.direct(w))
         .filter(|_| kernel == Kernel::Best);
+    let phased_dx = (wants.x && kernel == Kernel::Best)
+        .then(|| PhasedDx::of(s, weight))
+        .flatten();
 
     // One chunk of samples: weight-gradient partial into `dw`, input gradient into `dxc`.
     let run_chunk = |c: usize, mut dxc: Option<&mut [MaybeUninit<f32>]>, dw: Option<&mut [f32]>| {
@@ -1399,6 +1552,8 @@ fn backward_with(
                     wide,
                     transposed_direct.as_ref(),
                 );
+            } else if let (Some(dxn), Some(p)) = (dxn.as_deref_mut(), &phased_dx) {
+                p.sample(dyn_, dxn, padded, wide);
             } else if let Some(dxn) = dxn {
                 let dxn = buffer::zero_init(dxn);
                 // dcols[k, l] = W^T[k, c_out] @ dY_n[c_out, l]
@@ -1635,6 +1790,15 @@ mod tests {
             s(2, 3, 9, 11, 8, 3, 2, [2, 3], [1, 1]),  // other strides, asymmetric kernel
             s(2, 4, 7, 7, 8, 3, 3, [2, 2], [0, 0]),   // no padding
             s(1, 2, 6, 5, 16, 3, 3, [3, 2], [2, 1]),  // padding of kernel size - 1
+            // Strided with whole panels of input channels: the input gradient as stride
+            // phases on the direct kernel (odd sizes, other strides, no padding (rows no
+            // window reaches), padding as large as the kernel, a 5x5 kernel).
+            s(2, 16, 7, 8, 8, 3, 3, [2, 2], [1, 1]),
+            s(2, 8, 9, 7, 4, 3, 2, [2, 3], [1, 1]),
+            s(1, 8, 8, 7, 3, 3, 3, [3, 2], [2, 1]),
+            s(2, 8, 8, 8, 4, 3, 3, [2, 2], [0, 0]),
+            s(1, 8, 4, 4, 2, 2, 2, [2, 2], [2, 2]),
+            s(1, 8, 9, 9, 2, 5, 5, [2, 2], [2, 2]),
             // Stride 1 with few input channels (an RGB input layer): one phase plane.
             s(2, 3, 8, 7, 8, 3, 3, [1, 1], [1, 1]),
             s(2, 3, 5, 6, 16, 3, 2, [1, 1], [0, 1]),
@@ -1699,6 +1863,11 @@ mod tests {
                 );
             }
             assert!(wgrad.iter().filter(|s| s.stride != [1, 1]).count() >= 3);
+            let phased_dx = shapes()
+                .iter()
+                .filter(|s| PhasedDx::of(s, &vec![0.0; s.weight_len()]).is_some())
+                .count();
+            assert!(phased_dx >= 6, "phased input-gradient shapes: {phased_dx}");
             assert!(
                 phased >= 4 && strided - phased >= 5 && phased_stride1 >= 2,
                 "{phased} of {strided}"
