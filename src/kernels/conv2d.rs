@@ -1601,9 +1601,9 @@ fn backward_with(
     }
 
     let weight_grad = wants.weight.then(|| {
-        // Partials hold dW^T ([k, c_out]); sum them in chunk order (in parallel over the
-        // elements: with the weight-gradient kernel this pass was a fifth of a 64-channel
-        // weight gradient on one thread), then transpose.
+        // Partials hold dW^T ([k, c_out]); sum them in chunk order, in parallel over the
+        // elements (a pass over every chunk's partial, which ran on the calling thread while
+        // the pool waited), then transpose.
         let mut dw_t = vec![0.0f32; w_len];
         dw_t.par_chunks_mut(SUM_BLOCK)
             .enumerate()
