@@ -1810,6 +1810,7 @@ mod tests {
             s(3, 6, 7, 7, 32, 1, 1, [2, 2], [0, 0]),
             s(2, 7, 5, 4, 64, 1, 1, [2, 1], [0, 0]),
             s(2, 3, 6, 6, 48, 3, 3, [1, 1], [1, 1]),
+            s(2, 3, 5, 5, 16, 1, 3, [1, 1], [2, 1]), // row padding larger than the kernel
         ]
     }
 
@@ -1863,6 +1864,7 @@ mod tests {
                 );
             }
             assert!(wgrad.iter().filter(|s| s.stride != [1, 1]).count() >= 3);
+            assert!(wgrad.iter().any(|s| s.pad[0] >= s.kh));
             let phased_dx = shapes()
                 .iter()
                 .filter(|s| PhasedDx::of(s, &vec![0.0; s.weight_len()]).is_some())
