@@ -40,6 +40,12 @@ def main():
         f"{len(sd_reports)} rounds, date {a['date']}\n"
         f"{a['version']} vs {b['version']}"
     )
+    alloc = b.get("allocator") or {}
+    if any(alloc.values()):
+        settings = ", ".join(f"{k}={v}" for k, v in alloc.items() if v)
+        head += f"\nPyTorch's allocator: {settings} (selfdistill's mallopt settings)"
+    else:
+        head += "\nPyTorch's allocator: glibc defaults (selfdistill raises its mmap/trim thresholds)"
     rows = []
     for key in sorted(sd, key=lambda k: (k[0], k[2], k[1])):
         if key not in pt:

@@ -4,6 +4,7 @@
 #   bench/compare.sh                      # 2 threads, batch 64,128, both nets, 3 rounds
 #   THREADS=1 BATCH=64 ROUNDS=5 bench/compare.sh
 #   BACKEND=cuda bench/compare.sh          # needs a `--features cuda` build (see gpu.sh)
+#   NO_ALLOC_ENV=1 bench/compare.sh        # PyTorch with glibc's default allocator settings
 #
 # Creates bench/.venv (python3 -m venv) with a pinned torch from PyPI on first use
 # (the default Linux wheel, which also pulls NVIDIA's CUDA libraries: ~3 GB, once).
@@ -41,12 +42,19 @@ if [[ -z "${NO_BUILD:-}" ]]; then
 fi
 
 mkdir -p "$OUT"
+# The same allocator settings for both: selfdistill raises glibc's mmap and trim thresholds
+# at start-up (src/alloc.rs, mallopt) so per-op buffers are reused instead of mmapped and
+# page-faulted afresh on every step; glibc reads the same settings for PyTorch from these
+# variables. Without them PyTorch's CNN inference alone ran 0.55-0.65x of its speed with
+# them (only its later cases in a full run were warmed by glibc's dynamic threshold).
+ALLOC_ENV=(MALLOC_MMAP_THRESHOLD_=$((512 << 20)) MALLOC_TRIM_THRESHOLD_=$((512 << 20)))
+[[ -n "${NO_ALLOC_ENV:-}" ]] && ALLOC_ENV=()
 common=(--backend "$BACKEND" --threads "$THREADS" --batch "$BATCH" --models "$MODELS" --cases "$CASES" --warmup "$WARMUP" --reps "$REPS")
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS: selfdistill" >&2
   "$BIN" bench "${common[@]}" --steps "$STEPS" --json "$OUT/selfdistill-$r.json" >/dev/null
   echo "== round $r/$ROUNDS: pytorch" >&2
-  "$VENV/bin/python" bench/pytorch_bench.py "${common[@]}" --steps "$PT_STEPS" --json "$OUT/pytorch-$r.json" >/dev/null
+  env "${ALLOC_ENV[@]}" "$VENV/bin/python" bench/pytorch_bench.py "${common[@]}" --steps "$PT_STEPS" --json "$OUT/pytorch-$r.json" >/dev/null
 done
 python3 bench/compare.py "$OUT" | tee "$OUT/ratios.txt"
 python3 bench/compare.py "$OUT" --markdown > "$OUT/ratios.md"
