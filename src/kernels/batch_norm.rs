@@ -165,9 +165,9 @@ pub struct Epilogue<'a> {
 impl Epilogue<'_> {
     /// `y[i] = epilogue(f(x[i]))` over one plane, `residual` being that plane of the
     /// residual. One loop per epilogue variant, so each is a straight, vectorised pass.
-    #[inline(always)]
     /// Writes every element of `y` (`x.len()` of them).
-    fn write(
+    #[inline(always)]
+    pub(crate) fn write(
         &self,
         y: &mut [MaybeUninit<f32>],
         x: &[f32],

@@ -27,6 +27,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::batch_norm::Epilogue;
 use super::buffer;
 use super::direct;
 use super::simd::vectorized;
@@ -48,6 +49,73 @@ pub struct Conv2dShape {
     pub kw: usize,
     pub stride: [usize; 2],
     pub pad: [usize; 2],
+}
+
+/// What the forward pass does to each output value as it writes it: `v * scale[c] +
+/// shift[c]` (a convolution's bias is a shift; an inference-mode batch norm folds into
+/// both), then the batch norm's [`Epilogue`] (plus the residual's value, ReLU). The direct
+/// kernels' outputs go through a compaction pass anyway (dropping junk columns); doing the
+/// batch norm there, while the sample's output is in cache, saves the separate pass over
+/// the whole activation that reads it back from memory.
+///
+/// Each value is `v * scale + shift` in f32 with the epilogue of the batch-norm kernel, the
+/// same expressions as [`super::batch_norm::scale_shift`] after [`forward`]: fused and
+/// separate give the same bits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutputMap<'a> {
+    pub scale: Option<&'a [f32]>,
+    pub shift: Option<&'a [f32]>,
+    /// Residual: output-shaped (all samples).
+    pub epilogue: Epilogue<'a>,
+}
+
+impl<'a> OutputMap<'a> {
+    /// Just a bias (or nothing).
+    pub fn bias(bias: Option<&'a [f32]>) -> Self {
+        OutputMap {
+            shift: bias,
+            ..Default::default()
+        }
+    }
+
+    /// Whether it leaves every value as it is.
+    fn is_identity(&self) -> bool {
+        self.scale.is_none()
+            && self.shift.is_none()
+            && self.epilogue.residual.is_none()
+            && !self.epilogue.relu
+    }
+
+    /// The map for sample `n`, whose output is `len` values: its part of the residual.
+    fn sample(&self, n: usize, len: usize) -> Self {
+        let residual = self.epilogue.residual.map(|r| &r[n * len..][..len]);
+        OutputMap {
+            epilogue: Epilogue {
+                residual,
+                ..self.epilogue
+            },
+            ..*self
+        }
+    }
+
+    /// Channel `c`'s scale and shift.
+    fn channel(&self, c: usize) -> (f32, f32) {
+        (
+            self.scale.map_or(1.0, |s| s[c]),
+            self.shift.map_or(0.0, |s| s[c]),
+        )
+    }
+
+    fn check(&self, s: &Conv2dShape) {
+        for (what, v) in [("scale", self.scale), ("shift", self.shift)] {
+            if let Some(v) = v {
+                assert_eq!(v.len(), s.c_out, "conv2d: {what} length");
+            }
+        }
+        if let Some(r) = self.epilogue.residual {
+            assert_eq!(r.len(), s.output_len(), "conv2d: residual length");
+        }
+    }
 }
 
 impl Conv2dShape {
@@ -677,7 +745,7 @@ impl Stride1 {
         &self,
         x: &[f32],
         weight: &[f32],
-        bias: Option<&[f32]>,
+        map: &OutputMap,
         y: &mut [MaybeUninit<f32>],
         padded: &mut Padded,
         wide: &mut Vec<f32>,
@@ -690,7 +758,7 @@ impl Stride1 {
             let wide = buf(wide, self.c_out * ld);
             direct::conv(&xpad, &d.offsets, &d.packed, wide, self.lp, ld);
             self.give_back_plane(xpad, padded);
-            self.compact(wide, ld, bias, y);
+            self.compact(wide, ld, map, y);
             return;
         }
         let copies = self.row_copies(x, padded);
@@ -717,12 +785,12 @@ impl Stride1 {
                 j > 0,
             );
         }
-        self.compact(wide, self.lp, bias, y);
+        self.compact(wide, self.lp, map, y);
     }
 
-    /// `y[co, oh, ow] = wide[co * ld + oh * wp + ow] (+ bias[co])`: drops the junk columns.
-    fn compact(&self, wide: &[f32], ld: usize, bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
-        compact(wide, ld, self.wp, [self.ho, self.wo], bias, y);
+    /// `y[co, oh, ow] = map(wide[co * ld + oh * wp + ow])`: drops the junk columns.
+    fn compact(&self, wide: &[f32], ld: usize, map: &OutputMap, y: &mut [MaybeUninit<f32>]) {
+        compact(wide, ld, self.wp, [self.ho, self.wo], map, y);
     }
 
     /// Adds one sample's weight gradient into `dw_t` (`[(ci, i, j), c_out]`, i.e. dW
@@ -921,7 +989,7 @@ fn compact(
     ld: usize,
     wp: usize,
     [ho, wo]: [usize; 2],
-    bias: Option<&[f32]>,
+    map: &OutputMap,
     y: &mut [MaybeUninit<f32>],
 ) {
     // Every element of `y` is written (callers rely on it): whole planes, one per channel
@@ -931,16 +999,29 @@ fn compact(
         y.len() == planes * ho * wo && wide.len().div_ceil(ld) >= planes && wp >= wo,
         "conv2d: compact shapes"
     );
+    // Without junk columns a plane is one row.
+    let (row, stride) = if wp == wo {
+        (ho * wo, ho * wo)
+    } else {
+        (wo, wp)
+    };
+    let epilogue = &map.epilogue;
     for (co, (plane, wide)) in y.chunks_exact_mut(ho * wo).zip(wide.chunks(ld)).enumerate() {
         let wide = &wide[..ho * wp];
-        let b = bias.map_or(0.0, |b| b[co]);
+        let (k, b) = map.channel(co);
+        let residual = epilogue
+            .residual
+            .map_or(&[][..], |r| &r[co * ho * wo..][..ho * wo]);
         vectorized(
             #[inline(always)]
             || {
-                for (dst, src) in plane.chunks_exact_mut(wo).zip(wide.chunks_exact(wp)) {
-                    dst.iter_mut().zip(src).for_each(|(d, v)| {
-                        d.write(v + b);
-                    });
+                for (i, (dst, src)) in plane
+                    .chunks_exact_mut(row)
+                    .zip(wide.chunks_exact(stride))
+                    .enumerate()
+                {
+                    let r = residual.get(i * row..(i + 1) * row).unwrap_or(&[]);
+                    epilogue.write(dst, &src[..row], r, |v| v * k + b);
                 }
             },
         );
@@ -1093,7 +1174,7 @@ impl Phased {
         &self,
         x: &[f32],
         d: &Direct,
-        bias: Option<&[f32]>,
+        map: &OutputMap,
         y: &mut [MaybeUninit<f32>],
         padded: &mut Padded,
         wide: &mut Vec<f32>,
@@ -1102,7 +1183,7 @@ impl Phased {
         let ld = direct::padded_len(lp);
         let wide = buf(wide, self.s.c_out * ld);
         direct::conv(self.phases(x, padded), &d.offsets, &d.packed, wide, lp, ld);
-        compact(wide, ld, self.wr, [self.ho, self.wo], bias, y);
+        compact(wide, ld, self.wr, [self.ho, self.wo], map, y);
     }
 }
 
@@ -1333,12 +1414,18 @@ fn flip_kernel(s: &Conv2dShape, weight: &[f32]) -> Vec<f32> {
 /// Forward convolution: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`,
 /// optional `bias` `[c_out]`; returns `[batch, c_out, ho, wo]`.
 pub fn forward(s: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    forward_with(s, x, weight, bias, Kernel::Best)
+    forward_with(s, x, weight, &OutputMap::bias(bias), Kernel::Best)
+}
+
+/// [`forward`] with `map` applied to every output value as it is written (no bias: a bias
+/// is `map.shift`).
+pub fn forward_mapped(s: &Conv2dShape, x: &[f32], weight: &[f32], map: &OutputMap) -> Vec<f32> {
+    forward_with(s, x, weight, map, Kernel::Best)
 }
 
 /// One sample's forward pass: input, output (uninitialised; the function writes every
-/// element), this thread's scratch buffers.
-type SampleFn<'a> = dyn Fn(&[f32], &mut [MaybeUninit<f32>], &mut Scratch) + Sync + 'a;
+/// element), the output map for this sample, this thread's scratch buffers.
+type SampleFn<'a> = dyn Fn(&[f32], &mut [MaybeUninit<f32>], &OutputMap, &mut Scratch) + Sync + 'a;
 
 /// Which inner kernels the convolution may use: tests run both.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1356,18 +1443,25 @@ fn forward_with(
     s: &Conv2dShape,
     x: &[f32],
     weight: &[f32],
-    bias: Option<&[f32]>,
+    map: &OutputMap,
     kernel: Kernel,
 ) -> Vec<f32> {
     let d = s.dims();
     assert_eq!(x.len(), s.input_len(), "conv2d: input length");
     assert_eq!(weight.len(), s.weight_len(), "conv2d: weight length");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), s.c_out, "conv2d: bias length");
-    }
+    map.check(s);
     let y_len = s.c_out * d.l;
     if y_len == 0 || d.x_len == 0 {
-        return vec![0.0; s.output_len()];
+        // No taps (an empty input) means zero sums: the map still applies.
+        let mut y = buffer::uninit(s.output_len());
+        if y_len > 0 {
+            let zeros = vec![0.0; y_len];
+            for (n, yn) in y.chunks_exact_mut(y_len).enumerate() {
+                compact(&zeros, d.l, d.l, [1, d.l], &map.sample(n, y_len), yn);
+            }
+        }
+        // SAFETY: `compact` wrote every element (none when y_len is 0).
+        return unsafe { buffer::assume_init(y) };
     }
     // Every sample's task writes its whole output (see `SampleFn`), so no zeroing pass.
     let mut y = buffer::uninit(s.output_len());
@@ -1376,54 +1470,57 @@ fn forward_with(
     let mut per_sample = |f: &SampleFn| {
         y.par_chunks_mut(y_len)
             .zip(x.par_chunks(d.x_len))
-            .for_each(|(yn, xn)| {
+            .enumerate()
+            .for_each(|(n, (yn, xn))| {
                 let mut scratch = Scratch::take();
-                f(xn, yn, &mut scratch);
+                f(xn, yn, &map.sample(n, y_len), &mut scratch);
                 scratch.give_back();
             })
     };
     if let Some(g) = Stride1::of(s) {
         let direct = g.direct(weight).filter(|_| kernel == Kernel::Best);
-        per_sample(&|xn, yn, scratch| {
+        per_sample(&|xn, yn, map, scratch| {
             let Scratch { padded, wide, .. } = scratch;
-            g.forward_sample(xn, weight, bias, yn, padded, wide, direct.as_ref());
+            g.forward_sample(xn, weight, map, yn, padded, wide, direct.as_ref());
         });
     } else if let Some(g) = Phased::of(s).filter(|_| kernel == Kernel::Best) {
         let direct = Direct {
             packed: direct::pack(weight, s.c_out, d.k),
             offsets: g.offsets(),
         };
-        per_sample(&|xn, yn, scratch| {
+        per_sample(&|xn, yn, map, scratch| {
             let Scratch { padded, wide, .. } = scratch;
-            g.forward_sample(xn, &direct, bias, yn, padded, wide);
+            g.forward_sample(xn, &direct, map, yn, padded, wide);
         });
     } else {
         let runs = d.runs();
-        per_sample(&|xn, yn, scratch| {
-            let yn = buffer::zero_init(yn);
-            let cols = cols_of(&d, &runs, xn, &mut scratch.padded);
-            gemm(
-                s.c_out,
-                d.l,
-                d.k,
-                yn,
-                Out::rows(d.l),
-                View::rows(weight, d.k),
-                View::rows(cols, d.l),
-                false,
-            );
-            if let Some(b) = bias {
-                for (plane, b) in yn.chunks_exact_mut(d.l).zip(b) {
-                    vectorized(
-                        #[inline(always)]
-                        || plane.iter_mut().for_each(|v| *v += b),
-                    );
-                }
+        per_sample(&|xn, yn, map, scratch| {
+            let Scratch { padded, wide, .. } = scratch;
+            let cols = cols_of(&d, &runs, xn, padded);
+            let product = |out: &mut [f32]| {
+                gemm(
+                    s.c_out,
+                    d.l,
+                    d.k,
+                    out,
+                    Out::rows(d.l),
+                    View::rows(weight, d.k),
+                    View::rows(cols, d.l),
+                    false,
+                )
+            };
+            // Straight into the output, or into scratch and then mapped into it.
+            if map.is_identity() {
+                product(buffer::zero_init(yn));
+            } else {
+                let out = buf(wide, y_len);
+                product(out);
+                compact(out, d.l, d.l, [1, d.l], map, yn);
             }
         });
     }
     // SAFETY: each sample's task wrote its whole output slice: `compact` writes every
-    // element, and the GEMM path zero-initialises its slice first.
+    // element, and the GEMM path without a map zero-initialises its slice first.
     unsafe { buffer::assume_init(y) }
 }
 
@@ -1546,7 +1643,7 @@ fn backward_with(
                 t.forward_sample(
                     dyn_,
                     w_t,
-                    None,
+                    &OutputMap::default(),
                     dxn,
                     padded,
                     wide,
@@ -1889,16 +1986,67 @@ mod tests {
             for kernel in KERNELS {
                 assert_close(
                     &format!("{s:?} {kernel:?} y"),
-                    &forward_with(s, &x, &w, None, kernel),
+                    &forward_with(s, &x, &w, &OutputMap::default(), kernel),
                     &naive_forward(s, &x, &w, None),
                 );
                 assert_close(
                     &format!("{s:?} {kernel:?} y+b"),
-                    &forward_with(s, &x, &w, Some(&b), kernel),
+                    &forward_with(s, &x, &w, &OutputMap::bias(Some(&b)), kernel),
                     &naive_forward(s, &x, &w, Some(&b)),
                 );
             }
         }
+    }
+
+    /// A scale, shift, residual and ReLU applied as the output is written give, on every
+    /// path, the values of the definition followed by those terms.
+    #[test]
+    fn forward_output_map_matches_the_definition() {
+        let mut clamped = 0;
+        for (t, s) in shapes().iter().enumerate() {
+            let x = values(s.input_len(), 1 + t as u32);
+            let w = values(s.weight_len(), 100 + t as u32);
+            let scale = values(s.c_out, 300 + t as u32);
+            let shift = values(s.c_out, 400 + t as u32);
+            let residual = values(s.output_len(), 500 + t as u32);
+            let plane = s.out_hw().map_or(0, |[ho, wo]| ho * wo);
+            let conv = naive_forward(s, &x, &w, None);
+            for (with_residual, relu) in [(false, false), (false, true), (true, true)] {
+                let map = OutputMap {
+                    scale: Some(&scale),
+                    shift: Some(&shift),
+                    epilogue: Epilogue {
+                        residual: with_residual.then_some(&residual[..]),
+                        relu,
+                    },
+                };
+                let want: Vec<f64> = conv
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let c = i / plane % s.c_out;
+                        let mut v = v * scale[c] as f64 + shift[c] as f64;
+                        if with_residual {
+                            v += residual[i] as f64;
+                        }
+                        if relu {
+                            v.max(0.0)
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                for kernel in KERNELS {
+                    let what = format!("{s:?} {kernel:?} residual {with_residual} relu {relu}");
+                    let got = forward_with(s, &x, &w, &map, kernel);
+                    assert_close(&what, &got, &want);
+                    if relu {
+                        clamped += got.iter().filter(|v| **v == 0.0).count();
+                    }
+                }
+            }
+        }
+        assert!(clamped > 1000, "the ReLU was exercised ({clamped} zeros)");
     }
 
     #[test]

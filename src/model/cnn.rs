@@ -4,7 +4,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
 use super::norm::BatchNorm2d;
-use super::ops::{conv2d, KernelBackend};
+use super::ops::KernelBackend;
 
 /// Conv3x3 (no bias, BN follows) + BatchNorm + ReLU.
 #[derive(Module, Debug)]
@@ -26,12 +26,12 @@ impl<B: KernelBackend> ConvBn<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward_relu(conv2d(&self.conv, x))
+        self.bn.forward_conv(&self.conv, x, None, true)
     }
 
     /// `relu(conv-BN(x) + residual)`, the end of a ResNet block.
     pub fn forward_add_relu(&self, x: Tensor<B, 4>, residual: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward_add_relu(conv2d(&self.conv, x), residual)
+        self.bn.forward_conv(&self.conv, x, Some(residual), true)
     }
 }
 

@@ -16,7 +16,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::TensorPrimitive;
 
-use super::ops::KernelBackend;
+use super::ops::{conv2d, conv2d_scale_shift, KernelBackend};
+use burn::nn::conv::Conv2d;
 
 #[derive(Module, Debug)]
 pub struct BatchNorm2d<B: KernelBackend> {
@@ -46,23 +47,36 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         self.forward_with(x, Epilogue::default(), true)
     }
 
-    /// `relu(self.forward(x))`, fused into the kernel where the backend has one (one pass
-    /// and one buffer fewer, forward and backward).
-    pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let relu = Epilogue {
-            residual: None,
-            relu: true,
-        };
-        self.forward_with(x, relu, true)
+    /// `self.forward(conv(x))`, plus `residual` and then a ReLU as asked, fused into the
+    /// batch-norm kernel where the backend has one (one pass and one buffer fewer, forward
+    /// and backward). At inference (running statistics) the normalisation is fused into the
+    /// convolution itself where the backend has a kernel for that: one more pass fewer,
+    /// same values.
+    pub fn forward_conv(
+        &self,
+        conv: &Conv2d<B>,
+        x: Tensor<B, 4>,
+        residual: Option<Tensor<B, 4>>,
+        relu: bool,
+    ) -> Tensor<B, 4> {
+        if !B::ad_enabled(&x.device()) {
+            let (scale, shift) = self.inference_scale_shift(&x.device());
+            let fused = conv2d_scale_shift(conv, x.clone(), scale, shift, residual.clone(), relu);
+            if let Some(y) = fused {
+                return y;
+            }
+        }
+        self.forward_with(conv2d(conv, x), Epilogue { residual, relu }, true)
     }
 
-    /// `relu(self.forward(x) + residual)`: the end of a ResNet block, fused likewise.
-    pub fn forward_add_relu(&self, x: Tensor<B, 4>, residual: Tensor<B, 4>) -> Tensor<B, 4> {
-        let epilogue = Epilogue {
-            residual: Some(residual),
-            relu: true,
-        };
-        self.forward_with(x, epilogue, true)
+    /// The running statistics, gamma and beta folded into one scale and shift per channel.
+    fn inference_scale_shift(&self, device: &B::Device) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let mean = self.running_mean.value().to_device(device);
+        let var = self.running_var.value().to_device(device);
+        // One multiply-add per element: fold the statistics into scale and shift.
+        let scale = var.add_scalar(self.epsilon).sqrt().recip() * self.gamma.val();
+        let shift = self.beta.val() - mean * scale.clone();
+        (scale, shift)
     }
 
     /// `kernels: false` skips the backend's batch-norm kernel (the tensor-op version that
@@ -152,12 +166,7 @@ impl<B: KernelBackend> BatchNorm2d<B> {
         kernels: bool,
     ) -> Tensor<B, 3> {
         let [n, c, _] = x.dims();
-        let device = x.device();
-        let mean = self.running_mean.value().to_device(&device);
-        let var = self.running_var.value().to_device(&device);
-        // One multiply-add per element: fold the statistics into scale and shift.
-        let scale = var.add_scalar(self.epsilon).sqrt().recip() * self.gamma.val();
-        let shift = self.beta.val() - mean * scale.clone();
+        let (scale, shift) = self.inference_scale_shift(&x.device());
         if kernels {
             let fast = B::fast_scale_shift(
                 x.clone().into_primitive().tensor(),
@@ -342,6 +351,98 @@ mod tests {
         ours.forward_with(x, epilogue, kernels)
             .to_data()
             .assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-4));
+    }
+
+    /// At inference the batch norm fused into the convolution gives the same bits as the
+    /// two ops one after the other, on every convolution path (stride-1 direct kernel, phase
+    /// planes for strided and RGB layers, im2col for 1x1 and for channel counts the direct
+    /// kernel does not take), and matches burn-nn's conv + batch norm.
+    #[test]
+    fn conv_inference_fused_equals_separate_ops() {
+        use crate::model::ops::{conv2d, conv2d_scale_shift};
+        use burn::nn::conv::Conv2dConfig;
+        use burn::nn::PaddingConfig2d;
+        let device = FlexDevice;
+        let pad1 = PaddingConfig2d::Explicit(1, 1, 1, 1);
+        // (c_in, c_out, kernel, stride, padding, size)
+        let layers = [
+            (16, 16, 3, 1, pad1.clone(), 8),
+            (3, 8, 3, 1, pad1.clone(), 9),
+            (8, 16, 3, 2, pad1.clone(), 9),
+            (8, 16, 1, 2, PaddingConfig2d::Valid, 8),
+            (5, 4, 3, 1, pad1, 6),
+        ];
+        for (t, (c_in, c_out, k, stride, padding, size)) in layers.into_iter().enumerate() {
+            Flex::seed(&device, 40 + t as u64);
+            let conv: Conv2d<Flex> = Conv2dConfig::new([c_in, c_out], [k, k])
+                .with_stride([stride, stride])
+                .with_padding(padding)
+                .with_bias(false)
+                .init(&device);
+            let normal = |mean, sd, shape: [usize; 1]| {
+                Tensor::<Flex, 1>::random(shape, Distribution::Normal(mean, sd), &device)
+            };
+            let bn = BatchNorm2d {
+                gamma: Param::from_tensor(normal(1.0, 0.5, [c_out])),
+                beta: Param::from_tensor(normal(0.0, 0.5, [c_out])),
+                running_mean: RunningState::new(normal(0.0, 0.3, [c_out])),
+                running_var: RunningState::new(normal(0.0, 0.5, [c_out]).abs().add_scalar(0.1)),
+                ..BatchNorm2d::new(c_out, &device)
+            };
+            let x = Tensor::<Flex, 4>::random(
+                [3, c_in, size, size],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let separate_conv = conv2d(&conv, x.clone());
+            let residual = Tensor::<Flex, 4>::random(
+                separate_conv.dims(),
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let (scale, shift) = bn.inference_scale_shift(&device);
+            for (with_residual, relu) in [(false, false), (false, true), (true, true)] {
+                let residual = with_residual.then(|| residual.clone());
+                let epilogue = Epilogue {
+                    residual: residual.clone(),
+                    relu,
+                };
+                let separate = bn.forward_with(separate_conv.clone(), epilogue, true);
+                let fused = conv2d_scale_shift(
+                    &conv,
+                    x.clone(),
+                    scale.clone(),
+                    shift.clone(),
+                    residual.clone(),
+                    relu,
+                )
+                .expect("flex fuses the batch norm into every f32 convolution");
+                let case = format!("layer {t}, residual {with_residual}, relu {relu}");
+                fused.to_data().assert_eq(&separate.to_data(), true);
+                // The public entry point takes the fused path and agrees with burn-nn.
+                let ours = bn.forward_conv(&conv, x.clone(), residual.clone(), relu);
+                ours.to_data().assert_eq(&separate.to_data(), true);
+                let theirs = BatchNorm {
+                    gamma: Param::from_tensor(bn.gamma.val()),
+                    beta: Param::from_tensor(bn.beta.val()),
+                    running_mean: RunningState::new(bn.running_mean.value()),
+                    running_var: RunningState::new(bn.running_var.value()),
+                    ..BatchNormConfig::new(c_out).init::<Flex>(&device)
+                }
+                .forward(conv.forward(x.clone()));
+                let theirs = match residual {
+                    Some(r) => theirs + r,
+                    None => theirs,
+                };
+                let theirs = if relu {
+                    burn::tensor::activation::relu(theirs)
+                } else {
+                    theirs
+                };
+                let diff: f32 = (ours - theirs).abs().max().into_scalar();
+                assert!(diff < 1e-4, "{case}: max abs diff from burn-nn {diff}");
+            }
+        }
     }
 
     #[test]

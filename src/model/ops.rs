@@ -67,6 +67,22 @@ pub trait KernelBackend: Backend {
         None
     }
 
+    /// `conv2d(x, weight)` (no bias) with `* scale[c] + shift[c]`, `+ residual` and a ReLU
+    /// (as asked) applied as the output is written: an inference-mode batch norm (running
+    /// statistics folded into scale and shift) fused into its convolution, where the backend
+    /// has a kernel for it; `None` otherwise (the caller runs the two ops).
+    fn fast_conv2d_scale_shift(
+        _x: FloatTensor<Self>,
+        _weight: FloatTensor<Self>,
+        _options: ConvOptions<2>,
+        _scale: FloatTensor<Self>,
+        _shift: FloatTensor<Self>,
+        _residual: Option<FloatTensor<Self>>,
+        _relu: bool,
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
     /// Gradients of [`KernelBackend::fast_batch_norm`]; `relu_output` is the forward's
     /// output when it ended with a ReLU; `want_sum`: whether [`BnGrads::sum`] is needed
     /// (a residual was added).
@@ -389,6 +405,39 @@ impl KernelBackend for Flex {
         flex_from(y, vec![s.batch, s.c_out, ho, wo])
     }
 
+    fn fast_conv2d_scale_shift(
+        x: FlexTensor,
+        weight: FlexTensor,
+        options: ConvOptions<2>,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        residual: Option<FlexTensor>,
+        relu: bool,
+    ) -> Option<FlexTensor> {
+        let s = flex_shape(&x, &weight, &options)?;
+        let per_channel =
+            |t: &FlexTensor| t.dtype() == DType::F32 && t.layout().shape().as_slice() == [s.c_out];
+        let residual_fits = residual.as_ref().is_none_or(|r| {
+            r.dtype() == DType::F32 && r.layout().shape().num_elements() == s.output_len()
+        });
+        if !(per_channel(&scale) && per_channel(&shift) && residual_fits) {
+            return None;
+        }
+        let [x, weight, scale, shift] = [&x, &weight, &scale, &shift].map(contiguous);
+        let residual = residual.as_ref().map(contiguous);
+        let map = kernel::OutputMap {
+            scale: Some(f32_slice(&scale)),
+            shift: Some(f32_slice(&shift)),
+            epilogue: Epilogue {
+                residual: residual.as_ref().map(f32_slice),
+                relu,
+            },
+        };
+        let y = kernel::forward_mapped(&s, f32_slice(&x), f32_slice(&weight), &map);
+        let [ho, wo] = s.out_hw().expect("checked by flex_shape");
+        Some(flex_from(y, vec![s.batch, s.c_out, ho, wo]))
+    }
+
     fn fast_conv2d_backward(
         x: FlexTensor,
         weight: FlexTensor,
@@ -653,17 +702,9 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
 /// Padding the kernel cannot express (asymmetric, `Same` with an even kernel) goes to
 /// burn-nn's own forward.
 pub fn conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => Some([0, 0]),
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
-            Some([top, left])
-        }
-        _ => None,
-    };
-    let Some(padding) = padding else {
+    let Some(options) = conv_options(conv) else {
         return conv.forward(x);
     };
-    let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
     let out = B::fast_conv2d(
         x.into_primitive().tensor(),
         conv.weight.val().into_primitive().tensor(),
@@ -673,6 +714,50 @@ pub fn conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 
         options,
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// The layer's options for the backend's ops: symmetric padding only (others go to
+/// burn-nn's `forward`).
+fn conv_options<B: Backend>(conv: &Conv2d<B>) -> Option<ConvOptions<2>> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        _ => return None,
+    };
+    Some(ConvOptions::new(
+        conv.stride,
+        padding,
+        conv.dilation,
+        conv.groups,
+    ))
+}
+
+/// `conv` (without bias) followed by `* scale[c] + shift[c]`, `+ residual` and a ReLU as
+/// asked, in one pass where the backend has a kernel for it
+/// ([`KernelBackend::fast_conv2d_scale_shift`]); `None` otherwise.
+pub fn conv2d_scale_shift<B: KernelBackend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    scale: Tensor<B, 1>,
+    shift: Tensor<B, 1>,
+    residual: Option<Tensor<B, 4>>,
+    relu: bool,
+) -> Option<Tensor<B, 4>> {
+    if conv.bias.is_some() {
+        return None;
+    }
+    let out = B::fast_conv2d_scale_shift(
+        x.into_primitive().tensor(),
+        conv.weight.val().into_primitive().tensor(),
+        conv_options(conv)?,
+        scale.into_primitive().tensor(),
+        shift.into_primitive().tensor(),
+        residual.map(|r| r.into_primitive().tensor()),
+        relu,
+    )?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }
 
 #[cfg(test)]

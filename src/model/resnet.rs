@@ -4,7 +4,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use super::norm::BatchNorm2d;
-use super::ops::{conv2d, KernelBackend};
+use super::ops::KernelBackend;
 
 use super::cnn::ConvBn;
 
@@ -41,7 +41,7 @@ impl<B: KernelBackend> BasicBlock<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.shortcut {
-            Some(p) => p.bn.forward(conv2d(&p.conv, x.clone())),
+            Some(p) => p.bn.forward_conv(&p.conv, x.clone(), None, false),
             None => x.clone(),
         };
         self.b.forward_add_relu(self.a.forward(x), identity)
