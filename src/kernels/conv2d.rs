@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use super::batch_norm::Epilogue;
 use super::buffer;
 use super::direct;
-use super::simd::vectorized;
+use super::simd::{deinterleave, vectorized};
 use super::wgrad;
 
 /// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
@@ -1133,7 +1133,7 @@ impl Phased {
                             out[base * pl + r * wr + pw..][..w].copy_from_slice(row);
                         } else if sw == 2 {
                             // Even and odd image columns go to the phases of their padded
-                            // columns, pair by pair (no division or strided step per element).
+                            // columns (no division or strided step per element).
                             let (b0, c0, c1) = (pw % 2, pw / 2, pw.div_ceil(2));
                             let (e, o) = (base + b0, base + 1 - b0);
                             let (lo, hi) = out.split_at_mut(e.max(o) * pl);
@@ -1144,14 +1144,7 @@ impl Phased {
                             };
                             let even = &mut even[r * wr + c0..][..w.div_ceil(2)];
                             let odd = &mut odd[r * wr + c1..][..w / 2];
-                            let pairs = row.chunks_exact(2);
-                            if let [last] = pairs.remainder() {
-                                even[w / 2] = *last;
-                            }
-                            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-                                *e = pair[0];
-                                *o = pair[1];
-                            }
+                            deinterleave(row, even, odd);
                         } else {
                             for (iw, v) in row.iter().enumerate() {
                                 let (b, c) = ((iw + pw) % sw, (iw + pw) / sw);

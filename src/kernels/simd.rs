@@ -30,11 +30,67 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `even[i] = src[2 * i]`, `odd[i] = src[2 * i + 1]`: splits a row into the two column
+/// phases of a stride-2 convolution. `even` holds `src.len().div_ceil(2)` values, `odd`
+/// `src.len() / 2`. With AVX-512, two permutes per 32 values (and masked ones for the
+/// rest); the compiler's version of the plain loop moved one pair at a time (6% of a CNN
+/// inference step in the profile).
+pub fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    assert!(
+        even.len() == src.len().div_ceil(2) && odd.len() == src.len() / 2,
+        "deinterleave: lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available, and the lengths were checked.
+        unsafe { x86::deinterleave(src, even, odd) };
+        return;
+    }
+    for (i, v) in src.iter().enumerate() {
+        if i % 2 == 0 {
+            even[i / 2] = *v;
+        } else {
+            odd[i / 2] = *v;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::x86_64::*;
+
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
         f()
+    }
+
+    /// See [`super::deinterleave`]; the caller checked the lengths.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+        let (n, s, e, o) = (src.len(), src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
+        let pick_even =
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let pick_odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mask = |k: usize| -> __mmask16 { ((1u32 << k.min(16)) - 1) as __mmask16 };
+        let mut i = 0;
+        while i + 32 <= n {
+            let (a, b) = (_mm512_loadu_ps(s.add(i)), _mm512_loadu_ps(s.add(i + 16)));
+            _mm512_storeu_ps(e.add(i / 2), _mm512_permutex2var_ps(a, pick_even, b));
+            _mm512_storeu_ps(o.add(i / 2), _mm512_permutex2var_ps(a, pick_odd, b));
+            i += 32;
+        }
+        let left = n - i;
+        if left > 0 {
+            // Masked loads and stores: lanes past the ends are neither read nor written.
+            let a = _mm512_maskz_loadu_ps(mask(left), s.add(i));
+            let b = _mm512_maskz_loadu_ps(mask(left.saturating_sub(16)), s.add(i + 16));
+            let (ev, od) = (
+                _mm512_permutex2var_ps(a, pick_even, b),
+                _mm512_permutex2var_ps(a, pick_odd, b),
+            );
+            _mm512_mask_storeu_ps(e.add(i / 2), mask(left.div_ceil(2)), ev);
+            _mm512_mask_storeu_ps(o.add(i / 2), mask(left / 2), od);
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -63,5 +119,25 @@ mod tests {
             || sum(&x),
         );
         assert_eq!(plain.to_bits(), wide.to_bits());
+    }
+
+    #[test]
+    fn deinterleave_splits_even_and_odd_positions() {
+        for n in [0usize, 1, 2, 15, 16, 17, 31, 32, 33, 34, 63, 64, 65, 100] {
+            let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            // Guard values around the outputs: nothing past the ends is written.
+            let (ne, no) = (n.div_ceil(2), n / 2);
+            let mut even = vec![-1.0; ne + 20];
+            let mut odd = vec![-1.0; no + 20];
+            deinterleave(&src, &mut even[..ne], &mut odd[..no]);
+            let want_even: Vec<f32> = (0..ne).map(|i| (2 * i) as f32).collect();
+            let want_odd: Vec<f32> = (0..no).map(|i| (2 * i + 1) as f32).collect();
+            assert_eq!(&even[..ne], &want_even[..], "n {n}");
+            assert_eq!(&odd[..no], &want_odd[..], "n {n}");
+            assert!(
+                even[ne..].iter().chain(&odd[no..]).all(|v| *v == -1.0),
+                "n {n}"
+            );
+        }
     }
 }
