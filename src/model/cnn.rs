@@ -1,10 +1,9 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
 use super::norm::BatchNorm2d;
-use super::ops::KernelBackend;
+use super::ops::{global_avg_pool, KernelBackend};
 
 /// Conv3x3 (no bias, BN follows) + BatchNorm + ReLU.
 #[derive(Module, Debug)]
@@ -50,7 +49,6 @@ pub struct Cnn<B: KernelBackend> {
     c1: ConvBn<B>,
     c2: ConvBn<B>,
     c3: ConvBn<B>,
-    pool: AdaptiveAvgPool2d,
     fc: Linear<B>,
 }
 
@@ -61,7 +59,6 @@ impl CnnConfig {
             c1: ConvBn::new(self.channels, w, 1, device),
             c2: ConvBn::new(w, 2 * w, 2, device),
             c3: ConvBn::new(2 * w, 4 * w, 2, device),
-            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             fc: LinearConfig::new(4 * w, self.classes).init(device),
         }
     }
@@ -70,7 +67,7 @@ impl CnnConfig {
 impl<B: KernelBackend> Cnn<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self.c3.forward(self.c2.forward(self.c1.forward(images)));
-        let x: Tensor<B, 2> = self.pool.forward(x).flatten(1, 3);
+        let x = global_avg_pool(x);
         self.fc.forward(x)
     }
 }

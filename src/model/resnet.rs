@@ -1,10 +1,9 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use super::norm::BatchNorm2d;
-use super::ops::KernelBackend;
+use super::ops::{global_avg_pool, KernelBackend};
 
 use super::cnn::ConvBn;
 
@@ -63,7 +62,6 @@ pub struct ResNetConfig {
 pub struct ResNet<B: KernelBackend> {
     stem: ConvBn<B>,
     blocks: Vec<BasicBlock<B>>,
-    pool: AdaptiveAvgPool2d,
     fc: Linear<B>,
 }
 
@@ -83,7 +81,6 @@ impl ResNetConfig {
         ResNet {
             stem: ConvBn::new(self.channels, w, 1, device),
             blocks,
-            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             fc: LinearConfig::new(4 * w, self.classes).init(device),
         }
     }
@@ -99,7 +96,7 @@ impl<B: KernelBackend> ResNet<B> {
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let x: Tensor<B, 2> = self.pool.forward(x).flatten(1, 3);
+        let x = global_avg_pool(x);
         self.fc.forward(x)
     }
 }
