@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use super::batch_norm::Epilogue;
 use super::buffer;
 use super::direct;
-use super::simd::{deinterleave, vectorized};
+use super::simd::{deinterleave, interleave_add, vectorized};
 use super::wgrad;
 
 /// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
@@ -336,29 +336,34 @@ fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut
         phases.resize(rows * row_len, 0.0);
         phases
     };
-    for (at, base, len) in d.segments(runs) {
-        let (dst, src) = (&mut dst[base..base + len], &cols[at..at + len]);
+    // One vectorised call for all segments: they are short (a row of output columns each,
+    // thousands per sample).
+    vectorized(
+        #[inline(always)]
+        || {
+            for (at, base, len) in d.segments(runs) {
+                let (dst, src) = (&mut dst[base..base + len], &cols[at..at + len]);
+                dst.iter_mut().zip(src).for_each(|(o, v)| *o += *v);
+            }
+        },
+    );
+    let wp = w.div_ceil(sw);
+    let rows = dx.chunks_exact_mut(w).zip(phases.chunks_exact(row_len));
+    if sw == 2 {
+        // Interleave the two phases back.
         vectorized(
             #[inline(always)]
-            || dst.iter_mut().zip(src).for_each(|(o, v)| *o += *v),
+            || {
+                for (out, ph) in rows {
+                    let (even, odd) = ph.split_at(wp);
+                    interleave_add(&even[..w.div_ceil(2)], &odd[..w / 2], out);
+                }
+            },
         );
-    }
-    if sw != 1 {
-        let wp = w.div_ceil(sw);
-        for (out, ph) in dx.chunks_exact_mut(w).zip(phases.chunks_exact(row_len)) {
-            if sw == 2 {
-                // Interleave the two phases back (no division per element).
-                let (even, odd) = ph.split_at(wp);
-                for (q, pair) in out.chunks_mut(2).enumerate() {
-                    pair[0] += even[q];
-                    if let Some(o) = pair.get_mut(1) {
-                        *o += odd[q];
-                    }
-                }
-            } else {
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o += ph[(c % sw) * wp + c / sw];
-                }
+    } else if sw > 2 {
+        for (out, ph) in rows {
+            for (c, o) in out.iter_mut().enumerate() {
+                *o += ph[(c % sw) * wp + c / sw];
             }
         }
     }

@@ -57,6 +57,27 @@ pub fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     }
 }
 
+/// `out[2 * i] += even[i]`, `out[2 * i + 1] += odd[i]`: the adjoint of [`deinterleave`],
+/// which adds a stride-2 layer's column phases back onto an input-gradient row. `even`
+/// holds `out.len().div_ceil(2)` values, `odd` `out.len() / 2`. With AVX-512, two permutes
+/// per 32 values; inlined into callers compiled for AVX-512 (a [`vectorized`] closure).
+#[inline]
+pub fn interleave_add(even: &[f32], odd: &[f32], out: &mut [f32]) {
+    assert!(
+        even.len() == out.len().div_ceil(2) && odd.len() == out.len() / 2,
+        "interleave_add: lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available, and the lengths were checked.
+        unsafe { x86::interleave_add(even, odd, out) };
+        return;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o += if i % 2 == 0 { even[i / 2] } else { odd[i / 2] };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -96,6 +117,50 @@ mod x86 {
         }
     }
 
+    /// See [`super::interleave_add`]; the caller checked the lengths.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn interleave_add(even: &[f32], odd: &[f32], out: &mut [f32]) {
+        let (n, e, o, d) = (out.len(), even.as_ptr(), odd.as_ptr(), out.as_mut_ptr());
+        // Lanes 0-15 of the result take even[0..8] and odd[0..8] in turn, lanes 16-31 the
+        // next eight of each (index 16 + k picks lane k of the second operand).
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let mask = |k: usize| -> __mmask16 { ((1u32 << k.min(16)) - 1) as __mmask16 };
+        let mut i = 0;
+        while i + 32 <= n {
+            let (ev, od) = (_mm512_loadu_ps(e.add(i / 2)), _mm512_loadu_ps(o.add(i / 2)));
+            let (a, b) = (d.add(i), d.add(i + 16));
+            _mm512_storeu_ps(
+                a,
+                _mm512_add_ps(_mm512_loadu_ps(a), _mm512_permutex2var_ps(ev, low, od)),
+            );
+            _mm512_storeu_ps(
+                b,
+                _mm512_add_ps(_mm512_loadu_ps(b), _mm512_permutex2var_ps(ev, high, od)),
+            );
+            i += 32;
+        }
+        let left = n - i;
+        if left > 0 {
+            // Masked loads and stores: lanes past the ends are neither read nor written.
+            let ev = _mm512_maskz_loadu_ps(mask(left.div_ceil(2)), e.add(i / 2));
+            let od = _mm512_maskz_loadu_ps(mask(left / 2), o.add(i / 2));
+            let (ma, mb) = (mask(left), mask(left.saturating_sub(16)));
+            let (a, b) = (d.add(i), d.add(i + 16));
+            let sum_a = _mm512_add_ps(
+                _mm512_maskz_loadu_ps(ma, a),
+                _mm512_permutex2var_ps(ev, low, od),
+            );
+            let sum_b = _mm512_add_ps(
+                _mm512_maskz_loadu_ps(mb, b),
+                _mm512_permutex2var_ps(ev, high, od),
+            );
+            _mm512_mask_storeu_ps(a, ma, sum_a);
+            _mm512_mask_storeu_ps(b, mb, sum_b);
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
         f()
@@ -122,6 +187,26 @@ mod tests {
             || sum(&x),
         );
         assert_eq!(plain.to_bits(), wide.to_bits());
+    }
+
+    #[test]
+    fn interleave_add_is_the_adjoint_of_deinterleave() {
+        for n in [0usize, 1, 2, 15, 16, 17, 31, 32, 33, 34, 63, 64, 65, 100] {
+            let (ne, no) = (n.div_ceil(2), n / 2);
+            let even: Vec<f32> = (0..ne).map(|i| (2 * i) as f32).collect();
+            let odd: Vec<f32> = (0..no).map(|i| (2 * i + 1) as f32).collect();
+            // Start from 1000 + i: the sum shows both terms; guards past the end stay.
+            let mut out: Vec<f32> = (0..n + 20).map(|i| 1000.0 + i as f32).collect();
+            interleave_add(&even, &odd, &mut out[..n]);
+            for (i, v) in out.iter().enumerate() {
+                let want = if i < n {
+                    1000.0 + 2.0 * i as f32
+                } else {
+                    1000.0 + i as f32
+                };
+                assert_eq!(*v, want, "n {n}, element {i}");
+            }
+        }
     }
 
     #[test]
