@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
 """Ratio table from bench JSON files (src/bench.rs schema): selfdistill / PyTorch per
-(model, case, batch), each side the median over every repetition of every round.
+(model, case, batch).
 
-    python3 bench/compare.py OUT_DIR [--markdown]
+    python3 bench/compare.py OUT_DIR [OUT_DIR ...] [--markdown]
 
-Reads OUT_DIR/selfdistill-*.json and OUT_DIR/pytorch-*.json. Standard library only.
+Reads every OUT_DIR/selfdistill-<id>.json and OUT_DIR/pytorch-<id>.json. Files with the
+same <id> in one directory are a pair, measured back to back (compare.sh writes one pair
+per case and round). Two figures per case:
+- ratio: the median selfdistill steps/s over the median PyTorch steps/s, each side over
+  every repetition of every pair (all directories pooled);
+- per pair: the ratio within each pair, their median, quartiles and how many are below 1.
+  This machine's speed drifts by 10-25% over minutes; a pair's two sides ran within
+  seconds of each other, so the pair ratios show how robust the pooled ratio is.
+Standard library only.
 """
 
 import glob
@@ -14,30 +22,53 @@ import statistics
 import sys
 
 
-def load(pattern):
-    reports = [json.load(open(p)) for p in sorted(glob.glob(pattern))]
-    reps = {}
-    for r in reports:
-        for res in r["results"]:
-            key = (res["model"], res["case"], res["batch"])
-            reps.setdefault(key, []).extend(res["reps_steps_per_s"])
-    return reports, reps
+def load(out, side):
+    """{id: report} for one side in one directory."""
+    prefix = os.path.join(out, f"{side}-")
+    return {p[len(prefix) : -len(".json")]: json.load(open(p)) for p in sorted(glob.glob(prefix + "*.json"))}
+
+
+def results(report):
+    """{(model, case, batch): [steps/s of each repetition]}"""
+    return {(r["model"], r["case"], r["batch"]): r["reps_steps_per_s"] for r in report["results"]}
+
+
+def quartiles(values):
+    """Lower quartile, median, upper quartile (the median of one value is itself)."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[1], q[2]
 
 
 def main():
-    if len(sys.argv) < 2:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    md = "--markdown" in sys.argv[1:]
+    if not args:
         sys.exit(__doc__)
-    out = sys.argv[1]
-    md = "--markdown" in sys.argv[2:]
-    sd_reports, sd = load(os.path.join(out, "selfdistill-*.json"))
-    pt_reports, pt = load(os.path.join(out, "pytorch-*.json"))
-    if not sd_reports or not pt_reports:
-        sys.exit(f"error: need selfdistill-*.json and pytorch-*.json in {out}")
-    a, b = sd_reports[0], pt_reports[0]
+    sd, pt, pair_ratios = {}, {}, {}
+    rounds, first = set(), None
+    for out in args:
+        sd_reports, pt_reports = load(out, "selfdistill"), load(out, "pytorch")
+        if not sd_reports or not pt_reports:
+            sys.exit(f"error: need selfdistill-*.json and pytorch-*.json in {out}")
+        first = first or (next(iter(sd_reports.values())), next(iter(pt_reports.values())))
+        for side, reports in ((sd, sd_reports), (pt, pt_reports)):
+            for report in reports.values():
+                for key, reps in results(report).items():
+                    side.setdefault(key, []).extend(reps)
+        for pid in sorted(set(sd_reports) & set(pt_reports)):
+            # A pair's id starts with its round number ("3" or "3-cnn-64-train").
+            rounds.add((out, pid.split("-")[0]))
+            a, b = results(sd_reports[pid]), results(pt_reports[pid])
+            for key in a.keys() & b.keys():
+                ratio = statistics.median(a[key]) / statistics.median(b[key])
+                pair_ratios.setdefault(key, []).append(ratio)
+    a, b = first
     head = (
         f"machine: {a['machine']['cpu']} ({a['machine']['logical_cpus']} logical CPUs), "
         f"backend {a['backend']}, threads {a['threads']} vs {b['threads']}, "
-        f"{len(sd_reports)} rounds, date {a['date']}\n"
+        f"{len(rounds)} rounds in {len(args)} run(s), date {a['date']}\n"
         f"{a['version']} vs {b['version']}"
     )
     alloc = b.get("allocator") or {}
@@ -51,18 +82,33 @@ def main():
         if key not in pt:
             continue
         s, p = statistics.median(sd[key]), statistics.median(pt[key])
-        rows.append((*key, s, s * key[2], p, p * key[2], s / p, len(sd[key]), len(pt[key])))
+        pr = pair_ratios.get(key, [])
+        q = quartiles(pr) if pr else (float("nan"),) * 3
+        below = sum(r < 1 for r in pr)
+        rows.append((*key, s, s * key[2], p, p * key[2], s / p, q, below, len(pr), len(sd[key]), len(pt[key])))
     if md:
         print(head.replace("\n", "  \n") + "\n")
-        print("| model | case | batch | selfdistill steps/s | images/s | PyTorch steps/s | images/s | ratio | n (sd/pt) |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-        for m, c, bt, s, si, p, pi, r, ns, np_ in rows:
-            print(f"| {m} | {c} | {bt} | {s:.3f} | {si:.1f} | {p:.3f} | {pi:.1f} | **{r:.3f}x** | {ns}/{np_} |")
+        print(
+            "| model | case | batch | selfdistill steps/s | images/s | PyTorch steps/s | images/s | ratio "
+            "| per pair: median [quartiles] | pairs below 1 | n (sd/pt) |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for m, c, bt, s, si, p, pi, r, q, below, npairs, ns, np_ in rows:
+            print(
+                f"| {m} | {c} | {bt} | {s:.3f} | {si:.1f} | {p:.3f} | {pi:.1f} | **{r:.3f}x** "
+                f"| {q[1]:.3f} [{q[0]:.3f}, {q[2]:.3f}] | {below}/{npairs} | {ns}/{np_} |"
+            )
     else:
         print(head)
-        print(f"{'model':<10} {'case':<9} {'batch':>5} {'sd steps/s':>11} {'pt steps/s':>11} {'ratio':>7}")
-        for m, c, bt, s, si, p, pi, r, ns, np_ in rows:
-            print(f"{m:<10} {c:<9} {bt:>5} {s:>11.3f} {p:>11.3f} {r:>6.3f}x")
+        print(
+            f"{'model':<10} {'case':<9} {'batch':>5} {'sd steps/s':>11} {'pt steps/s':>11} {'ratio':>7}"
+            f"  {'per pair: median [quartiles]':>30} {'below 1':>8}"
+        )
+        for m, c, bt, s, si, p, pi, r, q, below, npairs, ns, np_ in rows:
+            print(
+                f"{m:<10} {c:<9} {bt:>5} {s:>11.3f} {p:>11.3f} {r:>6.3f}x"
+                f"  {q[1]:>8.3f} [{q[0]:.3f}, {q[2]:.3f}] {below:>5}/{npairs}"
+            )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@
 #   THREADS=1 BATCH=64 ROUNDS=5 bench/compare.sh
 #   BACKEND=cuda bench/compare.sh          # needs a `--features cuda` build (see gpu.sh)
 #   NO_ALLOC_ENV=1 bench/compare.sh        # PyTorch with glibc's default allocator settings
+#   PAIR=run bench/compare.sh              # whole runs per framework instead of per-case pairs
 #
 # Creates bench/.venv (python3 -m venv) with a pinned torch from PyPI on first use
 # (the default Linux wheel, which also pulls NVIDIA's CUDA libraries: ~3 GB, once).
+#
 # Output: a ratio table (selfdistill / PyTorch, median over all repetitions of all
-# rounds) and the raw JSON under $OUT (default bench/out/<date>).
+# rounds, plus the spread of the ratios within pairs; see compare.py) and the raw JSON
+# under $OUT (default bench/out/<date>). Pool runs with `bench/compare.py DIR1 DIR2 ...`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,12 +52,41 @@ mkdir -p "$OUT"
 # them (only its later cases in a full run were warmed by glibc's dynamic threshold).
 ALLOC_ENV=(MALLOC_MMAP_THRESHOLD_=$((512 << 20)) MALLOC_TRIM_THRESHOLD_=$((512 << 20)))
 [[ -n "${NO_ALLOC_ENV:-}" ]] && ALLOC_ENV=()
-common=(--backend "$BACKEND" --threads "$THREADS" --batch "$BATCH" --models "$MODELS" --cases "$CASES" --warmup "$WARMUP" --reps "$REPS")
+common=(--backend "$BACKEND" --threads "$THREADS" --warmup "$WARMUP" --reps "$REPS")
+sd_run() { # id, then per-case arguments
+  local id=$1; shift
+  "$BIN" bench "${common[@]}" "$@" --steps "$STEPS" --json "$OUT/selfdistill-$id.json" >/dev/null
+}
+pt_run() {
+  local id=$1; shift
+  env "${ALLOC_ENV[@]}" "$VENV/bin/python" bench/pytorch_bench.py "${common[@]}" "$@" --steps "$PT_STEPS" --json "$OUT/pytorch-$id.json" >/dev/null
+}
+# One pair per case and round: each case runs in both frameworks back to back, seconds
+# apart, the order alternating, so the machine's drift (10-25% over minutes on a shared VM)
+# falls on both sides of a pair instead of on one whole run. PAIR=run keeps whole runs
+# (every case in one process per framework and round: fewer process starts).
+PAIR="${PAIR:-case}"
 for r in $(seq 1 "$ROUNDS"); do
-  echo "== round $r/$ROUNDS: selfdistill" >&2
-  "$BIN" bench "${common[@]}" --steps "$STEPS" --json "$OUT/selfdistill-$r.json" >/dev/null
-  echo "== round $r/$ROUNDS: pytorch" >&2
-  env "${ALLOC_ENV[@]}" "$VENV/bin/python" bench/pytorch_bench.py "${common[@]}" --steps "$PT_STEPS" --json "$OUT/pytorch-$r.json" >/dev/null
+  if [[ "$PAIR" == run ]]; then
+    echo "== round $r/$ROUNDS: both frameworks, every case" >&2
+    args=(--batch "$BATCH" --models "$MODELS" --cases "$CASES")
+    if (( r % 2 )); then sd_run "$r" "${args[@]}"; pt_run "$r" "${args[@]}"
+    else pt_run "$r" "${args[@]}"; sd_run "$r" "${args[@]}"; fi
+    continue
+  fi
+  n=$r # which framework goes first: alternating case by case, and round by round
+  for m in ${MODELS//,/ }; do
+    for b in ${BATCH//,/ }; do
+      for c in ${CASES//,/ }; do
+        id="$r-$m-$b-$c"
+        args=(--batch "$b" --models "$m" --cases "$c")
+        echo "== round $r/$ROUNDS: $m batch $b $c" >&2
+        if (( n % 2 )); then pt_run "$id" "${args[@]}"; sd_run "$id" "${args[@]}"
+        else sd_run "$id" "${args[@]}"; pt_run "$id" "${args[@]}"; fi
+        n=$((n + 1))
+      done
+    done
+  done
 done
 python3 bench/compare.py "$OUT" | tee "$OUT/ratios.txt"
 python3 bench/compare.py "$OUT" --markdown > "$OUT/ratios.md"

@@ -88,6 +88,78 @@ fn bench_on_cuda_without_the_feature_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A bench JSON report with one result per `(model, case, batch, repetitions)`.
+fn report(framework: &str, results: &[(&str, &str, usize, &[f64])]) -> String {
+    let results: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(model, case, batch, reps)| {
+            serde_json::json!({
+                "model": model, "case": case, "batch": batch,
+                "steps_per_s": reps[0], "images_per_s": reps[0] * *batch as f64,
+                "reps_steps_per_s": reps, "last_loss": null,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "schema": 1, "framework": framework, "version": framework, "backend": "cpu",
+        "threads": 2, "date": "2026-11-30T00:00:00Z", "steps": 5, "warmup": 1, "reps": 1,
+        "machine": {"cpu": "test cpu", "logical_cpus": 2},
+        "results": results,
+    })
+    .to_string()
+}
+
+/// bench/compare.py pools every repetition per side for the ratio, pairs files by id
+/// (also across directories) for the per-pair spread, and counts pairs below 1.
+#[test]
+fn compare_script_pools_sides_and_counts_pairs_below_one() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // (dir, id, selfdistill steps/s, PyTorch steps/s) for cnn/train/64; the second
+    // directory has the whole-run naming of PAIR=run.
+    let pairs = [
+        (0, "1-cnn-64-train", 10.0, 8.0),
+        (0, "2-cnn-64-train", 9.0, 10.0),
+        (1, "1", 12.0, 10.0),
+    ];
+    for (d, id, sd, pt) in pairs {
+        let dir = dirs[d].path();
+        let write = |side: &str, v: f64| {
+            std::fs::write(
+                dir.join(format!("{side}-{id}.json")),
+                report(side, &[("cnn", "train", 64, &[v])]),
+            )
+            .unwrap()
+        };
+        write("selfdistill", sd);
+        write("pytorch", pt);
+    }
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
+        .args(dirs.iter().map(|d| d.path()))
+        .output()
+        .expect("python3 runs (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3 rounds in 2 run(s)"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("cnn"))
+        .expect(&stdout);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // Pooled: median(10, 9, 12) / median(8, 10, 10) = 10 / 10; pairs 1.25, 0.9, 1.2.
+    assert_eq!(
+        &cols[..6],
+        ["cnn", "train", "64", "10.000", "10.000", "1.000x"],
+        "{row}"
+    );
+    assert_eq!(cols[6], "1.200", "median pair ratio: {row}");
+    assert_eq!(cols.last(), Some(&"1/3"), "pairs below 1: {row}");
+}
+
 /// The PyTorch script shares the schema: its field names must stay those of `BenchReport`.
 #[test]
 fn pytorch_script_writes_the_same_fields() {

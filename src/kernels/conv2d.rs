@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use super::batch_norm::Epilogue;
 use super::buffer;
 use super::direct;
-use super::simd::{deinterleave, interleave_add, vectorized};
+use super::simd::{copy_short, deinterleave, interleave_add, vectorized};
 use super::wgrad;
 
 /// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
@@ -298,29 +298,18 @@ fn im2col<'a>(d: &Dims, runs: &[Run], x: &[f32], padded: &'a mut Padded) -> &'a 
     });
     let src = phases.as_deref().unwrap_or(x);
     let cols = padded.get(d.key(0), d.k * d.l);
-    for (at, base, len) in d.segments(runs) {
-        copy_short(&mut cols[at..at + len], &src[base..base + len]);
-    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for (at, base, len) in d.segments(runs) {
+                copy_short(&mut cols[at..at + len], &src[base..base + len]);
+            }
+        },
+    );
     if let Some(phases) = phases {
         *padded.get_vec(d.key(1), 0) = phases;
     }
     padded.get(d.key(0), d.k * d.l)
-}
-
-/// `dst.copy_from_slice(src)` for short runs (one row of a small feature map):
-/// whole blocks of 8 are fixed-size moves, where a `memcpy` call per run cost more than the
-/// copy itself.
-#[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    assert_eq!(dst.len(), src.len());
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (d, s) in (&mut d).zip(&mut s) {
-        d.copy_from_slice(s);
-    }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
-    }
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input position it was
@@ -895,11 +884,17 @@ impl Planes {
         let plane = self.plane();
         let len = self.c_in * plane + direct::MR;
         let mut xpad = std::mem::take(padded.get_vec(self.key(), len));
-        for (src, dst) in x.chunks_exact(h * w).zip(xpad.chunks_exact_mut(plane)) {
-            for (row, dst) in src.chunks_exact(w).zip(dst[ph * wp + pw..].chunks_mut(wp)) {
-                copy_short(&mut dst[..w], row);
-            }
-        }
+        // One call for the whole sample: the rows are short.
+        vectorized(
+            #[inline(always)]
+            || {
+                for (src, dst) in x.chunks_exact(h * w).zip(xpad.chunks_exact_mut(plane)) {
+                    for (row, dst) in src.chunks_exact(w).zip(dst[ph * wp + pw..].chunks_mut(wp)) {
+                        copy_short(&mut dst[..w], row);
+                    }
+                }
+            },
+        );
         xpad
     }
 
@@ -1135,7 +1130,7 @@ impl Phased {
                     for row in x.chunks_exact(w) {
                         let base = (ci * sh + a) * sw;
                         if sw == 1 {
-                            out[base * pl + r * wr + pw..][..w].copy_from_slice(row);
+                            copy_short(&mut out[base * pl + r * wr + pw..][..w], row);
                         } else if sw == 2 {
                             // Even and odd image columns go to the phases of their padded
                             // columns (no division or strided step per element).

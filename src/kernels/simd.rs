@@ -57,6 +57,22 @@ pub fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     }
 }
 
+/// `dst.copy_from_slice(src)` for short slices (an image row into a padded plane). With
+/// AVX-512, masked moves of 16 values inline: the compiler turns a plain copy loop into a
+/// `memcpy` call per row, and those calls were 5-7% of a ResNet-20 training step. Inlined
+/// into callers compiled for AVX-512 (a [`vectorized`] closure).
+#[inline]
+pub fn copy_short(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "copy_short: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available, and the lengths are equal.
+        unsafe { x86::copy_short(dst, src) };
+        return;
+    }
+    dst.copy_from_slice(src);
+}
+
 /// `out[2 * i] += even[i]`, `out[2 * i + 1] += odd[i]`: the adjoint of [`deinterleave`],
 /// which adds a stride-2 layer's column phases back onto an input-gradient row. `even`
 /// holds `out.len().div_ceil(2)` values, `odd` `out.len() / 2`. With AVX-512, two permutes
@@ -114,6 +130,21 @@ mod x86 {
             );
             _mm512_mask_storeu_ps(e.add(i / 2), mask(left.div_ceil(2)), ev);
             _mm512_mask_storeu_ps(o.add(i / 2), mask(left / 2), od);
+        }
+    }
+
+    /// See [`super::copy_short`]; the caller checked the lengths.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn copy_short(dst: &mut [f32], src: &[f32]) {
+        let (n, d, s) = (src.len(), dst.as_mut_ptr(), src.as_ptr());
+        // Masked moves throughout (not just the tail): a loop of plain ones would again be
+        // recognised as a `memcpy`.
+        let mut i = 0;
+        while i < n {
+            let m = ((1u32 << (n - i).min(16)) - 1) as __mmask16;
+            _mm512_mask_storeu_ps(d.add(i), m, _mm512_maskz_loadu_ps(m, s.add(i)));
+            i += 16;
         }
     }
 
@@ -206,6 +237,17 @@ mod tests {
                 };
                 assert_eq!(*v, want, "n {n}, element {i}");
             }
+        }
+    }
+
+    #[test]
+    fn copy_short_copies_exactly_the_slice() {
+        for n in [0usize, 1, 7, 8, 15, 16, 17, 32, 33, 100] {
+            let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let mut dst = vec![-1.0f32; n + 20];
+            copy_short(&mut dst[..n], &src);
+            assert_eq!(&dst[..n], &src[..], "n {n}");
+            assert!(dst[n..].iter().all(|v| *v == -1.0), "n {n}");
         }
     }
 
