@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use super::batch_norm::Epilogue;
 use super::buffer;
+use super::chanvec;
 use super::direct;
 use super::simd::{copy_short, deinterleave, interleave_add, vectorized};
 use super::wgrad;
@@ -1028,6 +1029,84 @@ fn compact(
     }
 }
 
+/// Fewest taps (`c_in * kh * kw`) for which a strided convolution runs on [`chanvec`]
+/// rather than on phase planes. In alternation, 2 threads, forward with the inference map:
+/// 144 taps (ResNet-20's 16 -> 32 layer) 1.09-1.10x faster, 288 (its 32 -> 64) 1.25-1.33x,
+/// 576 (the CNN's 64 -> 128) 1.21-1.36x; the CNN's 32x32 32 -> 64 layer, whose phase grid
+/// wastes little (272 positions for 256), 0.99x at batch 64 and 1.08-1.11x at 128.
+const CHANVEC_MIN_TAPS: usize = 128;
+
+/// Geometry of a strided convolution on the channels-in-vector kernel of [`chanvec`]: the
+/// input read in place from its [`Planes`] (output `(oh, ow)` under tap `(ci, i, j)` reads
+/// `ci * plane + (oh * sh + i) * wp + ow * sw + j`), no phase split.
+struct ChanTiles {
+    planes: Planes,
+    grid: chanvec::Grid,
+    /// Offset of each tap, in the weight's order.
+    offsets: Vec<usize>,
+}
+
+impl ChanTiles {
+    /// For strided convolutions with at least [`CHANVEC_MIN_TAPS`] taps, whole blocks of
+    /// output channels, output rows of whole tiles and padding narrower than the kernel.
+    fn of(s: &Conv2dShape) -> Option<Self> {
+        let [ph, pw] = s.pad;
+        let [ho, wo] = s.out_hw()?;
+        if s.stride == [1, 1]
+            || s.c_in * s.kh * s.kw < CHANVEC_MIN_TAPS
+            || !s.c_out.is_multiple_of(chanvec::BLOCK)
+            || !wo.is_multiple_of(chanvec::ROW)
+            || pw >= s.kw
+            || !chanvec::available()
+        {
+            return None;
+        }
+        let planes = Planes {
+            c_in: s.c_in,
+            h: s.h,
+            w: s.w,
+            ph,
+            pw,
+            kw: s.kw,
+        };
+        let (plane, wp) = (planes.plane(), planes.wp());
+        let offsets = (0..s.c_in)
+            .flat_map(|ci| {
+                (0..s.kh).flat_map(move |i| (0..s.kw).map(move |j| ci * plane + i * wp + j))
+            })
+            .collect();
+        Some(ChanTiles {
+            planes,
+            grid: chanvec::Grid {
+                ho,
+                wo,
+                row_step: s.stride[0] * wp,
+                stride: s.stride[1],
+            },
+            offsets,
+        })
+    }
+
+    /// One sample's convolution into `y`, mapped by `map`.
+    fn forward_sample(
+        &self,
+        x: &[f32],
+        packed: &[f32],
+        map: &OutputMap,
+        y: &mut [MaybeUninit<f32>],
+        padded: &mut Padded,
+    ) {
+        let xpad = self.planes.build(x, padded);
+        let map = chanvec::Map {
+            scale: map.scale,
+            shift: map.shift,
+            epilogue: map.epilogue,
+        };
+        chanvec::conv(&xpad, &self.offsets, packed, self.grid, &map, y);
+        self.planes.give_back(xpad, padded);
+    }
+}
+
 /// Fewest taps (`c_in * kh * kw`) for which a stride-1 convolution with few channels runs
 /// on the direct kernel rather than im2col + `gemm`: with 2 threads, batch 64, 3x3 kernels,
 /// 3 input channels (27 taps) ran 0.81x (16 outputs) and 0.95x (32) of im2col's time, and
@@ -1476,6 +1555,11 @@ fn forward_with(
             let Scratch { padded, wide, .. } = scratch;
             g.forward_sample(xn, weight, map, yn, padded, wide, direct.as_ref());
         });
+    } else if let Some(g) = ChanTiles::of(s).filter(|_| kernel == Kernel::Best) {
+        let packed = chanvec::pack(weight, s.c_out, d.k);
+        per_sample(&|xn, yn, map, scratch| {
+            g.forward_sample(xn, &packed, map, yn, &mut scratch.padded);
+        });
     } else if let Some(g) = Phased::of(s).filter(|_| kernel == Kernel::Best) {
         let direct = Direct {
             packed: direct::pack(weight, s.c_out, d.k),
@@ -1901,6 +1985,15 @@ mod tests {
             s(2, 7, 5, 4, 64, 1, 1, [2, 1], [0, 0]),
             s(2, 3, 6, 6, 48, 3, 3, [1, 1], [1, 1]),
             s(2, 3, 5, 5, 16, 1, 3, [1, 1], [2, 1]), // row padding larger than the kernel
+            // Strided with many taps and whole blocks of output channels: the
+            // channels-in-vector kernel (odd input, other strides, no padding, 5x5, and two
+            // tiles per output row).
+            s(2, 16, 16, 16, 32, 3, 3, [2, 2], [1, 1]),
+            s(1, 16, 15, 16, 64, 3, 3, [2, 2], [1, 1]),
+            s(1, 16, 9, 22, 32, 3, 3, [2, 3], [1, 1]),
+            s(1, 16, 17, 17, 32, 3, 3, [2, 2], [0, 0]),
+            s(1, 8, 16, 16, 32, 5, 5, [2, 2], [2, 2]),
+            s(1, 16, 32, 32, 32, 3, 3, [2, 2], [1, 1]),
         ]
     }
 
@@ -1940,6 +2033,7 @@ mod tests {
             .filter(|s| s.stride == [1, 1])
             .filter_map(Phased::of)
             .count();
+        let chan_tiles = shapes().iter().filter_map(ChanTiles::of).count();
         // The weight-gradient kernel's tile heights (one, two and four vectors of
         // channels) and kernel widths.
         let wgrad: Vec<Conv2dShape> = shapes()
@@ -1960,10 +2054,57 @@ mod tests {
                 .filter(|s| PhasedDx::of(s, &vec![0.0; s.weight_len()]).is_some())
                 .count();
             assert!(phased_dx >= 6, "phased input-gradient shapes: {phased_dx}");
+            assert!(chan_tiles >= 6, "channels-in-vector shapes: {chan_tiles}");
             assert!(
                 phased >= 4 && strided - phased >= 5 && phased_stride1 >= 2,
                 "{phased} of {strided}"
             );
+        }
+    }
+
+    /// The channels-in-vector kernel gives the bits of the phase-plane one it replaces on
+    /// these shapes (both chain the multiply-adds in the weight's order), mapped or not.
+    #[test]
+    fn channels_in_vector_equals_phase_planes() {
+        if !chanvec::available() {
+            return;
+        }
+        for s in shapes().iter().filter(|s| ChanTiles::of(s).is_some()) {
+            let (g, d) = (Phased::of(s).unwrap(), s.dims());
+            let x = values(s.input_len(), 5);
+            let w = values(s.weight_len(), 3);
+            let direct = Direct {
+                packed: direct::pack(&w, s.c_out, d.k),
+                offsets: g.offsets(),
+            };
+            let scale = values(s.c_out, 7);
+            let shift = values(s.c_out, 8);
+            let residual = values(s.output_len(), 9);
+            for map in [
+                OutputMap::default(),
+                OutputMap {
+                    scale: Some(&scale),
+                    shift: Some(&shift),
+                    epilogue: Epilogue {
+                        residual: Some(&residual),
+                        relu: true,
+                    },
+                },
+            ] {
+                let got = forward_mapped(s, &x, &w, &map);
+                let y_len = s.output_len() / s.batch;
+                let mut want = vec![MaybeUninit::new(0.0f32); s.output_len()];
+                let (mut padded, mut wide) = (Padded::default(), Vec::new());
+                for (n, (yn, xn)) in want.chunks_mut(y_len).zip(x.chunks(d.x_len)).enumerate() {
+                    let m = map.sample(n, y_len);
+                    g.forward_sample(xn, &direct, &m, yn, &mut padded, &mut wide);
+                }
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    // SAFETY: every element was written by the phase-plane path.
+                    let b = unsafe { b.assume_init() };
+                    assert_eq!(a.to_bits(), b.to_bits(), "{s:?}, element {i}");
+                }
+            }
         }
     }
 

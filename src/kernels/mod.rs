@@ -4,6 +4,7 @@
 
 pub mod batch_norm;
 pub mod buffer;
+pub mod chanvec;
 pub mod conv2d;
 pub mod direct;
 pub mod simd;

@@ -370,7 +370,8 @@ mod tests {
             (3, 8, 3, 1, pad1.clone(), 9),
             (8, 16, 3, 2, pad1.clone(), 9),
             (8, 16, 1, 2, PaddingConfig2d::Valid, 8),
-            (5, 4, 3, 1, pad1, 6),
+            (5, 4, 3, 1, pad1.clone(), 6),
+            (16, 32, 3, 2, pad1, 16),
         ];
         for (t, (c_in, c_out, k, stride, padding, size)) in layers.into_iter().enumerate() {
             Flex::seed(&device, 40 + t as u64);

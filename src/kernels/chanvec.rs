@@ -1,0 +1,248 @@
+//! A second direct-convolution micro-kernel, transposed from [`super::direct`]'s: output
+//! *channels* in the AVX-512 registers and input values broadcast, for strided layers with
+//! many taps.
+//!
+//! Why: [`super::direct`] puts output positions in the vectors, which needs the positions a
+//! tap reads to be consecutive: a strided layer's input is first split into phase planes
+//! (a copy per sample), and every output row carries junk columns (the CNN's 64 -> 128
+//! layer computes 80 positions for 64 outputs, with a last tile two thirds full). Here a
+//! tile is [`ROW`] consecutive outputs of one output row by [`BLOCK`] output channels (two
+//! vectors, 16 accumulators): each tap loads two vectors of weights and broadcasts one input
+//! value per position straight from the padded planes, `stride` apart. No phase split, no
+//! junk, no partial tiles; the price is a transpose of each tile's `ROW x BLOCK` sums into
+//! the NCHW output, small against the taps when there are many.
+//!
+//! Each output is one chain of multiply-adds over the taps in the weight's order, as in
+//! [`super::direct`], so both kernels give the same bits.
+
+use std::mem::MaybeUninit;
+
+use super::batch_norm::Epilogue;
+
+/// Output channels per tile (and per packed weight block): two vectors.
+pub const BLOCK: usize = 32;
+
+/// Output positions per tile, all in one output row.
+pub const ROW: usize = 8;
+
+const LANES: usize = 16;
+
+/// Whether the CPU runs the kernel (AVX-512F).
+pub fn available() -> bool {
+    super::direct::available()
+}
+
+/// `weight` (`[c_out, k]` row-major) as blocks of [`BLOCK`] channels, each `[k, BLOCK]`: the
+/// kernel loads one block row (two vectors) per tap. `c_out` must be a multiple of BLOCK.
+pub fn pack(weight: &[f32], c_out: usize, k: usize) -> Vec<f32> {
+    assert!(c_out.is_multiple_of(BLOCK) && weight.len() == c_out * k);
+    let mut out = vec![0.0f32; weight.len()];
+    for (block, dst) in out.chunks_exact_mut(k * BLOCK).enumerate() {
+        for (kk, row) in dst.chunks_exact_mut(BLOCK).enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = weight[(block * BLOCK + c) * k + kk];
+            }
+        }
+    }
+    out
+}
+
+/// Where the outputs of one sample are read from: output `(oh, ow)` under tap `kk` reads
+/// `x[oh * row_step + ow * stride + offsets[kk]]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    pub ho: usize,
+    /// A multiple of [`ROW`].
+    pub wo: usize,
+    /// Input elements between output rows (`stride_h * padded row length`).
+    pub row_step: usize,
+    /// Input elements between neighbouring outputs of a row.
+    pub stride: usize,
+}
+
+/// Per-channel `v * scale + shift` (1 and 0 when absent), then the epilogue (residual of
+/// the output's shape, ReLU), with the batch-norm kernel's f32 expressions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Map<'a> {
+    pub scale: Option<&'a [f32]>,
+    pub shift: Option<&'a [f32]>,
+    pub epilogue: Epilogue<'a>,
+}
+
+/// One sample's convolution into `y` (`[c_out, ho, wo]`, every element written), mapped by
+/// `map`. `packed` from [`pack`] with `offsets.len()` taps.
+///
+/// Panics unless [`available`], `wo` is a multiple of [`ROW`], and every read falls in `x`.
+pub fn conv(
+    x: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    grid: Grid,
+    map: &Map,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let k = offsets.len();
+    assert!(available(), "chanvec conv kernel needs AVX-512F");
+    assert!(k > 0 && packed.len().is_multiple_of(k * BLOCK));
+    let c_out = packed.len() / k;
+    let Grid {
+        ho,
+        wo,
+        row_step,
+        stride,
+    } = grid;
+    let plane = ho * wo;
+    assert!(
+        wo.is_multiple_of(ROW) && y.len() == c_out * plane,
+        "chanvec: shapes"
+    );
+    if plane == 0 {
+        return;
+    }
+    let max_off = offsets.iter().copied().max().unwrap_or(0);
+    assert!(
+        (ho - 1) * row_step + (wo - 1) * stride + max_off < x.len(),
+        "chanvec conv: input too short"
+    );
+    for v in [map.scale, map.shift].into_iter().flatten() {
+        assert_eq!(v.len(), c_out, "chanvec: scale or shift length");
+    }
+    if let Some(r) = map.epilogue.residual {
+        assert_eq!(r.len(), y.len(), "chanvec: residual length");
+    }
+    let mut sums = [0.0f32; ROW * BLOCK];
+    let mut column = [0.0f32; ROW];
+    for (block, w) in packed.chunks_exact(k * BLOCK).enumerate() {
+        for oh in 0..ho {
+            for ow in (0..wo).step_by(ROW) {
+                let base = oh * row_step + ow * stride;
+                // SAFETY: the asserts above bound every load (x up to the last output's
+                // base plus the largest offset) and the store (ROW * BLOCK sums); AVX-512F
+                // is available.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::tile(x.as_ptr().add(base), stride, offsets, w.as_ptr(), &mut sums)
+                };
+                // The tile's sums, position-major, into the channel planes.
+                for c in 0..BLOCK {
+                    let co = block * BLOCK + c;
+                    let (kc, bc) = (
+                        map.scale.map_or(1.0, |s| s[co]),
+                        map.shift.map_or(0.0, |s| s[co]),
+                    );
+                    for (q, v) in column.iter_mut().enumerate() {
+                        *v = sums[q * BLOCK + c];
+                    }
+                    let at = co * plane + oh * wo + ow;
+                    let residual = map.epilogue.residual.map_or(&[][..], |r| &r[at..at + ROW]);
+                    map.epilogue
+                        .write(&mut y[at..at + ROW], &column, residual, |v| v * kc + bc);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BLOCK, LANES, ROW};
+    use std::arch::x86_64::*;
+
+    /// One tile: ROW positions (`stride` apart from `x`) by BLOCK channels, the full
+    /// reduction over the taps, stored position-major into `out`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile(
+        x: *const f32,
+        stride: usize,
+        offsets: &[usize],
+        w: *const f32,
+        out: &mut [f32; ROW * BLOCK],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; ROW];
+        for (kk, off) in offsets.iter().enumerate() {
+            let w0 = _mm512_loadu_ps(w.add(kk * BLOCK));
+            let w1 = _mm512_loadu_ps(w.add(kk * BLOCK + LANES));
+            let xp = x.add(*off);
+            for (q, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*xp.add(q * stride));
+                a[0] = _mm512_fmadd_ps(w0, b, a[0]);
+                a[1] = _mm512_fmadd_ps(w1, b, a[1]);
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(q * BLOCK), a[0]);
+            _mm512_storeu_ps(out.as_mut_ptr().add(q * BLOCK + LANES), a[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every output is the sum it defines (small integers and halves: exact whatever the
+    /// order), mapped as the batch-norm epilogue maps it, and every output is written.
+    #[test]
+    fn matches_the_sum_it_defines() {
+        if !available() {
+            return;
+        }
+        let (c_out, k) = (64, 7);
+        for (ho, wo, stride) in [(1, 8, 1), (3, 16, 2), (2, 24, 3)] {
+            let row_step = wo * stride + 5;
+            let offsets: Vec<usize> = (0..k).map(|kk| kk * 4 + kk % 3).collect();
+            let x_len = (ho - 1) * row_step + (wo - 1) * stride + offsets.iter().max().unwrap() + 1;
+            let x: Vec<f32> = (0..x_len).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+            let w: Vec<f32> = (0..c_out * k)
+                .map(|i| ((i * 11) % 9) as f32 * 0.5 - 2.0)
+                .collect();
+            let scale: Vec<f32> = (0..c_out).map(|c| 0.5 + (c % 4) as f32).collect();
+            let shift: Vec<f32> = (0..c_out).map(|c| (c % 5) as f32 - 2.0).collect();
+            let residual: Vec<f32> = (0..c_out * ho * wo).map(|i| (i % 7) as f32 - 3.0).collect();
+            let grid = Grid {
+                ho,
+                wo,
+                row_step,
+                stride,
+            };
+            for (mapped, with_residual, relu) in [(false, false, false), (true, true, true)] {
+                let map = Map {
+                    scale: mapped.then_some(&scale[..]),
+                    shift: mapped.then_some(&shift[..]),
+                    epilogue: Epilogue {
+                        residual: with_residual.then_some(&residual[..]),
+                        relu,
+                    },
+                };
+                let mut y = vec![MaybeUninit::new(f32::NAN); c_out * ho * wo];
+                conv(&x, &offsets, &pack(&w, c_out, k), grid, &map, &mut y);
+                for co in 0..c_out {
+                    for (q, got) in y[co * ho * wo..][..ho * wo].iter().enumerate() {
+                        let (oh, ow) = (q / wo, q % wo);
+                        let base = oh * row_step + ow * stride;
+                        let sum: f32 = (0..k)
+                            .map(|kk| w[co * k + kk] * x[base + offsets[kk]])
+                            .sum();
+                        let mut want = if mapped {
+                            sum * scale[co] + shift[co]
+                        } else {
+                            sum
+                        };
+                        if with_residual {
+                            want += residual[co * ho * wo + q];
+                        }
+                        if relu && want <= 0.0 {
+                            want = 0.0;
+                        }
+                        // SAFETY: initialised above (NaN), overwritten by the kernel.
+                        let got = unsafe { got.assume_init() };
+                        assert_eq!(
+                            got, want,
+                            "{ho}x{wo} stride {stride}, channel {co}, output {q}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
