@@ -6,7 +6,7 @@ mod norm;
 pub mod ops;
 mod resnet;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
@@ -19,6 +19,16 @@ pub use ops::{KernelBackend, TrainBackend};
 pub use resnet::{ResNet, ResNetConfig};
 
 /// Architecture family named in presets.
+
+/// Burn's backends draw every random number (weight initialisation included) from one
+/// global generator: seeding and then drawing is reproducible only while no other thread
+/// draws in between. [`ModelSpec::init_seeded`] holds this lock from seeding to the last
+/// draw, and so do tests that draw (they run in parallel threads). Not reentrant.
+pub fn rng_lock() -> MutexGuard<'static, ()> {
+    static RNG: Mutex<()> = Mutex::new(());
+    RNG.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
@@ -71,8 +81,7 @@ impl ModelSpec {
     /// materialising every parameter happen under one lock; otherwise concurrent runs
     /// (tests, the dashboard's watcher) would interleave their random draws.
     pub fn init_seeded<B: KernelBackend>(&self, device: &B::Device, seed: u64) -> Net<B> {
-        static INIT_LOCK: Mutex<()> = Mutex::new(());
-        let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = rng_lock();
         B::seed(device, seed);
         let net = self.init(device);
         net.visit(&mut Materialize);
@@ -154,6 +163,8 @@ mod tests {
                 width_px: 16,
                 num_classes: 7,
             };
+            // Held to the forward: parameters are drawn lazily, at their first use.
+            let _rng = rng_lock();
             let net: Net<Flex> = spec.init(&device);
             let x = Tensor::<Flex, 4>::zeros([2, 3, 16, 16], &device);
             assert_eq!(net.forward(x).dims(), [2, 7], "{arch:?}");
@@ -187,6 +198,7 @@ mod tests {
     fn resnet_depth_sets_block_count() {
         let device = FlexDevice;
         let count = |depth| {
+            let _rng = rng_lock();
             ResNetConfig::new(depth, 3, 4, 10)
                 .init::<Flex>(&device)
                 .num_blocks()

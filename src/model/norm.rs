@@ -266,6 +266,7 @@ mod tests {
     }
 
     fn check_training(kernels: bool, with_relu: bool, with_residual: bool) {
+        let _rng = crate::model::rng_lock();
         let (ours, theirs) = pair();
         let x = input();
         let weights =
@@ -327,6 +328,7 @@ mod tests {
     }
 
     fn check_inference(kernels: bool, with_relu: bool, with_residual: bool) {
+        let _rng = crate::model::rng_lock();
         let (ours, theirs) = pair();
         // Move the running statistics away from (0, 1) first.
         let x = input();
@@ -359,6 +361,7 @@ mod tests {
     /// kernel does not take), and matches burn-nn's conv + batch norm.
     #[test]
     fn conv_inference_fused_equals_separate_ops() {
+        let _rng = crate::model::rng_lock();
         use crate::model::ops::{conv2d, conv2d_scale_shift};
         use burn::nn::conv::Conv2dConfig;
         use burn::nn::PaddingConfig2d;

@@ -812,6 +812,7 @@ mod tests {
     /// kinds the models use and a biased, strided one.
     #[test]
     fn matches_burn_conv2d_forward_and_gradients() {
+        let _rng = crate::model::rng_lock();
         let device = FlexDevice;
         let configs = [
             Conv2dConfig::new([3, 8], [3, 3])
@@ -880,6 +881,7 @@ mod tests {
     /// tensor-op formula (the trait's default, and what CUDA would use).
     #[test]
     fn batch_norm_kernel_gradients_match_the_reference() {
+        let _rng = crate::model::rng_lock();
         let device = FlexDevice;
         Flex::seed(&device, 5);
         let normal = burn::tensor::Distribution::Normal(0.5, 2.0);
@@ -952,6 +954,7 @@ mod tests {
     /// gradient.
     #[test]
     fn global_avg_pool_matches_adaptive_pooling() {
+        let _rng = crate::model::rng_lock();
         use burn::nn::pool::AdaptiveAvgPool2dConfig;
         let device = FlexDevice;
         Ad::seed(&device, 8);
@@ -981,6 +984,7 @@ mod tests {
     /// Without autodiff (the teacher and evaluation path) the output is the same too.
     #[test]
     fn inner_backend_forward_matches() {
+        let _rng = crate::model::rng_lock();
         let device = FlexDevice;
         Flex::seed(&device, 3);
         let conv: Conv2d<Flex> = Conv2dConfig::new([3, 4], [3, 3])
