@@ -18,8 +18,6 @@ pub use norm::BatchNorm2d;
 pub use ops::{KernelBackend, TrainBackend};
 pub use resnet::{ResNet, ResNetConfig};
 
-/// Architecture family named in presets.
-
 /// Burn's backends draw every random number (weight initialisation included) from one
 /// global generator: seeding and then drawing is reproducible only while no other thread
 /// draws in between. [`ModelSpec::init_seeded`] holds this lock from seeding to the last
@@ -29,6 +27,7 @@ pub fn rng_lock() -> MutexGuard<'static, ()> {
     RNG.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Architecture family named in presets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
