@@ -1,6 +1,6 @@
 //! A second direct-convolution micro-kernel, transposed from [`super::direct`]'s: output
 //! *channels* in the AVX-512 registers and input values broadcast, for strided layers with
-//! many taps.
+//! many taps, and for stride-1 layers with 8-wide outputs.
 //!
 //! Why: [`super::direct`] puts output positions in the vectors, which needs the positions a
 //! tap reads to be consecutive: a strided layer's input is first split into phase planes
@@ -10,7 +10,9 @@
 //! vectors, 16 accumulators): each tap loads two vectors of weights and broadcasts one input
 //! value per position straight from the padded planes, `stride` apart. No phase split, no
 //! junk, no partial tiles; the price is a transpose of each tile's `ROW x BLOCK` sums into
-//! the NCHW output, small against the taps when there are many.
+//! the NCHW output, small against the taps when there are many. A stride-1 layer with 8x8
+//! outputs has the same junk on the direct kernel's padded-width grid (72 positions, 80
+//! computed, for 64 outputs).
 //!
 //! Each output is one chain of multiply-adds over the taps in the weight's order, as in
 //! [`super::direct`], so both kernels give the same bits.
