@@ -46,6 +46,15 @@ pub unsafe fn assume_init_ref(s: &[MaybeUninit<f32>]) -> &[f32] {
     unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) }
 }
 
+/// A written slice as initialised, mutable values.
+///
+/// # Safety
+/// Every element of `s` has been written.
+pub unsafe fn assume_init_mut(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: same layout; the caller guarantees the values are initialised.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
