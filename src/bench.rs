@@ -282,7 +282,9 @@ fn run_on<B: TrainBackend>(
     for &model in &opts.models {
         for &batch in &opts.batches {
             for &case in &opts.cases {
-                let r = run_case::<B>(device, opts, model, case, batch);
+                // As training runs (see `pool`).
+                let r =
+                    crate::pool::run_on_pool(|| run_case::<B>(device, opts, model, case, batch));
                 progress(&r);
                 out.push(r);
             }

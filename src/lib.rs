@@ -12,6 +12,7 @@ pub mod distill;
 pub mod headless;
 pub mod kernels;
 pub mod model;
+pub mod pool;
 pub mod preset;
 pub mod report;
 pub mod store;

@@ -233,8 +233,9 @@ impl PreparedRun {
             store: writer,
         }));
         let started = Instant::now();
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match preset.backend {
+        // On a thread of the compute pool (see `pool`); a panic comes back here.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::pool::run_on_pool(|| match preset.backend {
                 BackendKind::Cpu => {
                     use burn::backend::{flex::FlexDevice, Autodiff, Flex};
                     Trainer::<Autodiff<Flex>>::new(
@@ -262,7 +263,8 @@ impl PreparedRun {
                 }
                 #[cfg(not(feature = "cuda"))]
                 BackendKind::Cuda => Err(super::backend::BackendError::NotCompiled.into()),
-            }));
+            })
+        }));
         let (status, error) = match outcome {
             Ok(Ok(status)) => (status, None),
             Ok(Err(e)) => (RunStatus::Failed, Some(format!("{e:#}"))),
