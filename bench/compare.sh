@@ -50,7 +50,7 @@ mkdir -p "$OUT"
 # page-faulted afresh on every step; glibc reads the same settings for PyTorch from these
 # variables. Without them PyTorch's CNN inference alone ran 0.55-0.65x of its speed with
 # them (only its later cases in a full run were warmed by glibc's dynamic threshold).
-ALLOC_ENV=(MALLOC_MMAP_THRESHOLD_=$((512 << 20)) MALLOC_TRIM_THRESHOLD_=$((512 << 20)))
+ALLOC_ENV=(MALLOC_MMAP_THRESHOLD_=$((512 << 20)) MALLOC_TRIM_THRESHOLD_=$((512 << 20)) MALLOC_ARENA_MAX=1)
 [[ -n "${NO_ALLOC_ENV:-}" ]] && ALLOC_ENV=()
 common=(--backend "$BACKEND" --threads "$THREADS" --warmup "$WARMUP" --reps "$REPS")
 sd_run() { # id, then per-case arguments

@@ -266,7 +266,8 @@ def main():
         # glibc's allocator settings for this process (compare.sh sets them to the ones
         # selfdistill applies with mallopt); null: glibc's defaults.
         "allocator": {
-            k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+            k: os.environ.get(k)
+            for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
         },
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "steps": args.steps,
