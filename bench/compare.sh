@@ -6,6 +6,8 @@
 #   BACKEND=cuda bench/compare.sh          # needs a `--features cuda` build (see gpu.sh)
 #   NO_ALLOC_ENV=1 bench/compare.sh        # PyTorch with glibc's default allocator settings
 #   PAIR=run bench/compare.sh              # whole runs per framework instead of per-case pairs
+#   PYTHON=python3 bench/compare.sh        # a Python that already has torch (no venv, no download)
+#   BIN=path/to/selfdistill NO_BUILD=1 ... # a binary built elsewhere
 #
 # Creates bench/.venv (python3 -m venv) with a pinned torch from PyPI on first use
 # (the default Linux wheel, which also pulls NVIDIA's CUDA libraries: ~3 GB, once).
@@ -26,17 +28,23 @@ CASES="${CASES:-train,train-kd,infer}"
 ROUNDS="${ROUNDS:-3}"
 STEPS="${STEPS:-5}"        # selfdistill timed steps per repetition
 PT_STEPS="${PT_STEPS:-20}" # PyTorch is faster; more steps keep its timings above noise
+MIN_TIME="${MIN_TIME:-0.5}" # ... and each repetition, both sides, runs at least this long (s)
 REPS="${REPS:-1}"
 WARMUP="${WARMUP:-1}"
 OUT="${OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}"
 VENV="${VENV:-bench/.venv}"
 BIN="${BIN:-target/release/selfdistill}"
 
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+if [[ -n "${PYTHON:-}" ]]; then
+  # An interpreter that already has torch (a GPU image, a machine with no package index):
+  # used as it is; its torch version goes into the JSON and the table's header.
+  "$PYTHON" -c "import torch" || { echo "PYTHON=$PYTHON cannot import torch" >&2; exit 1; }
+elif [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   echo "== creating $VENV with torch==$TORCH_VERSION" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --progress-bar off "torch==$TORCH_VERSION" "numpy==$NUMPY_VERSION"
 fi
+PYTHON="${PYTHON:-$VENV/bin/python}"
 
 if [[ -z "${NO_BUILD:-}" ]]; then
   features=()
@@ -52,14 +60,14 @@ mkdir -p "$OUT"
 # them (only its later cases in a full run were warmed by glibc's dynamic threshold).
 ALLOC_ENV=(MALLOC_MMAP_THRESHOLD_=$((512 << 20)) MALLOC_TRIM_THRESHOLD_=$((512 << 20)) MALLOC_ARENA_MAX=1)
 [[ -n "${NO_ALLOC_ENV:-}" ]] && ALLOC_ENV=()
-common=(--backend "$BACKEND" --threads "$THREADS" --warmup "$WARMUP" --reps "$REPS")
+common=(--backend "$BACKEND" --threads "$THREADS" --warmup "$WARMUP" --reps "$REPS" --min-time "$MIN_TIME")
 sd_run() { # id, then per-case arguments
   local id=$1; shift
   "$BIN" bench "${common[@]}" "$@" --steps "$STEPS" --json "$OUT/selfdistill-$id.json" >/dev/null
 }
 pt_run() {
   local id=$1; shift
-  env "${ALLOC_ENV[@]}" "$VENV/bin/python" bench/pytorch_bench.py "${common[@]}" "$@" --steps "$PT_STEPS" --json "$OUT/pytorch-$id.json" >/dev/null
+  env "${ALLOC_ENV[@]}" "$PYTHON" bench/pytorch_bench.py "${common[@]}" "$@" --steps "$PT_STEPS" --json "$OUT/pytorch-$id.json" >/dev/null
 }
 # One pair per case and round: each case runs in both frameworks back to back, seconds
 # apart, the order alternating, so the machine's drift (10-25% over minutes on a shared VM)

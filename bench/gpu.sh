@@ -6,7 +6,13 @@
 #   bench/gpu.sh [--data-dir DIR]      # DIR holds cifar10/ (or it is downloaded there)
 #
 # Env: EPOCHS (3), GENERATIONS (preset's 3), ROUNDS (3), BATCH (64,128), RUN_TIMEOUT (300 s),
-#      SKIP_BUILD=1, SKIP_RUN=1, CUDARC_CUDA_VERSION (default: from nvidia-smi).
+#      SKIP_BUILD=1, SKIP_RUN=1, CUDARC_CUDA_VERSION (default: from nvidia-smi),
+#      BIN (a `--features cuda` binary built on another machine; implies SKIP_BUILD),
+#      PYTHON (an interpreter that already has torch with CUDA: no venv, nothing downloaded).
+#
+# On a GPU machine with no cargo and no package index (a rented box, a lab image):
+#   here:   cargo build --release --features cuda && cp target/release/selfdistill sd-cuda
+#   there:  BIN=./sd-cuda PYTHON=python3 bench/gpu.sh --data-dir DIR_WITH_cifar10
 # Output under bench/out/gpu-<date>/: env.txt, build.log, ratios.txt/.md + JSON, run.log.
 #
 # Status: written and checked for syntax on a machine WITHOUT a GPU; not yet run on one.
@@ -21,6 +27,16 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 DATA_DIR="${DATA_DIR:-bench/out/data}"
+if [[ -n "${BIN:-}" ]]; then
+  SKIP_BUILD=1
+else
+  BIN=target/release/selfdistill
+fi
+if [[ -z "${SKIP_BUILD:-}" ]] && ! command -v cargo >/dev/null; then
+  echo "cargo not found: build with --features cuda on another machine and give the binary as BIN=path" >&2
+  exit 1
+fi
+export BIN
 OUT="${OUT:-bench/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT" "$DATA_DIR"
 start=$(date +%s)
@@ -51,7 +67,10 @@ BACKEND=cuda NO_BUILD=1 THREADS="$(nproc)" BATCH="${BATCH:-64,128}" ROUNDS="${RO
 if [[ -z "${SKIP_RUN:-}" ]]; then
   if ! ls "$DATA_DIR"/cifar10/* >/dev/null 2>&1; then
     stamp "downloading CIFAR-10 into $DATA_DIR"
-    target/release/selfdistill data download cifar10 --data-dir "$DATA_DIR"
+    if ! "$BIN" data download cifar10 --data-dir "$DATA_DIR"; then
+      stamp "no CIFAR-10: the benchmark above stands; give --data-dir DIR with DIR/cifar10/ for the preset run"
+      exit 3
+    fi
   fi
   preset="$OUT/cifar10-resnet20-short.toml"
   sed -e "s/^epochs = .*/epochs = ${EPOCHS:-3}/" \
@@ -62,7 +81,7 @@ if [[ -z "${SKIP_RUN:-}" ]]; then
   timer=()
   [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -v)
   set +e
-  "${timer[@]}" timeout -s INT "${RUN_TIMEOUT:-300}" target/release/selfdistill run \
+  "${timer[@]}" timeout -s INT "${RUN_TIMEOUT:-300}" "$BIN" run \
     --preset "$preset" --headless --backend cuda --data-dir "$DATA_DIR" \
     --runs-dir "$OUT/runs" > "$OUT/run.log" 2> "$OUT/run.time"
   rc=$?

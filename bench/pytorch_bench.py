@@ -172,13 +172,19 @@ def run_case(device, args, model, case, batch):
     for _ in range(args.warmup):
         step()
     sync(device)
-    reps = []
+    reps, reps_steps = [], []
     for _ in range(args.reps):
-        start = time.perf_counter()
-        for _ in range(args.steps):
+        # At least --steps steps and --min-time seconds, whole steps (src/bench.rs timed_rep).
+        start, n = time.perf_counter(), 0
+        while True:
             step()
-        sync(device)
-        reps.append(args.steps / (time.perf_counter() - start))
+            sync(device)
+            n += 1
+            elapsed = time.perf_counter() - start
+            if n >= args.steps and elapsed >= args.min_time:
+                break
+        reps.append(n / elapsed)
+        reps_steps.append(n)
     sps = statistics.median(reps)
     return {
         "model": model,
@@ -187,6 +193,7 @@ def run_case(device, args, model, case, batch):
         "steps_per_s": sps,
         "images_per_s": sps * batch,
         "reps_steps_per_s": reps,
+        "reps_steps": reps_steps,
         "last_loss": state["loss"],
     }
 
@@ -224,11 +231,16 @@ def main():
     ap.add_argument("--models", default="cnn,resnet20")
     ap.add_argument("--cases", default="train,train-kd,infer")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--min-time", type=float, default=0.5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.steps < 1 or args.reps < 1:
+        sys.exit("error: --steps and --reps must be at least 1")
+    if not 0 <= args.min_time <= 600:
+        sys.exit(f"error: --min-time must be between 0 and 600 seconds, got {args.min_time}")
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
@@ -271,6 +283,7 @@ def main():
         },
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "steps": args.steps,
+        "min_rep_s": args.min_time,
         "warmup": args.warmup,
         "reps": args.reps,
         "results": results,

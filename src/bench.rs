@@ -13,7 +13,7 @@
 //! few batches, cycled), so the figures are the network's cost, not the data pipeline's.
 //! Optimiser: SGD lr 0.05, momentum 0.9, dampening 0, weight decay 5e-4, as the trainer.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
@@ -42,6 +42,11 @@ pub const WEIGHT_DECAY: f64 = 5e-4;
 pub const CLASSES: usize = 10;
 /// Distinct input batches cycled through during a case.
 const POOL: usize = 4;
+/// `--min-time` default: half a second keeps a repetition of the fastest case (the CNN's
+/// inference, ~6 ms a step on 2 cores) well above the machine's scheduling noise.
+pub const DEFAULT_MIN_REP_S: f64 = 0.5;
+/// A bound on `--min-time` that catches a unit slip (ms given as s) before it runs for hours.
+const MAX_MIN_REP_S: f64 = 600.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -115,8 +120,11 @@ pub struct BenchOptions {
     pub batches: Vec<usize>,
     pub models: Vec<BenchModel>,
     pub cases: Vec<BenchCase>,
-    /// Timed steps per repetition.
+    /// Timed steps per repetition: the least, see `min_rep_s`.
     pub steps: usize,
+    /// A repetition goes on past `steps` until it has run this long (seconds), so that a
+    /// fast case (the CNN's inference: ~6 ms a step) is not timed over a few tens of ms.
+    pub min_rep_s: f64,
     /// Untimed steps before the first repetition of each case.
     pub warmup: usize,
     pub reps: usize,
@@ -132,6 +140,7 @@ impl Default for BenchOptions {
             models: BenchModel::ALL.to_vec(),
             cases: BenchCase::ALL.to_vec(),
             steps: 10,
+            min_rep_s: DEFAULT_MIN_REP_S,
             warmup: 2,
             reps: 3,
             seed: 0,
@@ -176,6 +185,10 @@ pub struct BenchResult {
     pub steps_per_s: f64,
     pub images_per_s: f64,
     pub reps_steps_per_s: Vec<f64>,
+    /// Steps timed in each repetition (at least `steps`; more where `min_rep_s` asked).
+    /// Empty in reports written before the field existed.
+    #[serde(default)]
+    pub reps_steps: Vec<usize>,
     /// Training loss of the last step (training cases only): a sanity check, not a metric.
     pub last_loss: Option<f64>,
 }
@@ -195,6 +208,9 @@ pub struct BenchReport {
     /// RFC 3339, UTC.
     pub date: String,
     pub steps: usize,
+    /// Least seconds per repetition (0 in reports written before the field existed).
+    #[serde(default)]
+    pub min_rep_s: f64,
     pub warmup: usize,
     pub reps: usize,
     pub results: Vec<BenchResult>,
@@ -229,6 +245,12 @@ pub fn set_threads(threads: Option<usize>) -> usize {
 pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&BenchResult)) -> Result<BenchReport> {
     if opts.steps == 0 || opts.reps == 0 {
         bail!("--steps and --reps must be at least 1");
+    }
+    if !(opts.min_rep_s.is_finite() && (0.0..=MAX_MIN_REP_S).contains(&opts.min_rep_s)) {
+        bail!(
+            "--min-time must be between 0 and {MAX_MIN_REP_S} seconds, got {}",
+            opts.min_rep_s
+        );
     }
     if opts.batches.is_empty() || opts.batches.contains(&0) {
         bail!("--batch needs one or more sizes of at least 1");
@@ -267,6 +289,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&BenchResult)) -> Resul
         machine: Machine::detect(),
         date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         steps: opts.steps,
+        min_rep_s: opts.min_rep_s,
         warmup: opts.warmup,
         reps: opts.reps,
         results,
@@ -379,16 +402,16 @@ fn run_case<B: TrainBackend>(
         for _ in 0..opts.warmup {
             student = step(student);
         }
+        let min_time = Duration::from_secs_f64(opts.min_rep_s);
         let mut reps = Vec::with_capacity(opts.reps);
         for _ in 0..opts.reps {
-            let start = Instant::now();
-            for _ in 0..opts.steps {
-                student = step(student);
-            }
-            reps.push(opts.steps as f64 / start.elapsed().as_secs_f64());
+            let (s, n, elapsed) = timed_rep(student, opts.steps, min_time, &mut step);
+            student = s;
+            reps.push((n as f64 / elapsed.as_secs_f64(), n));
         }
         reps
     };
+    let (reps, reps_steps): (Vec<f64>, Vec<usize>) = reps.into_iter().unzip();
     let steps_per_s = median(&reps);
     BenchResult {
         model: model.name().into(),
@@ -397,14 +420,35 @@ fn run_case<B: TrainBackend>(
         steps_per_s,
         images_per_s: steps_per_s * batch as f64,
         reps_steps_per_s: reps,
+        reps_steps,
         last_loss,
+    }
+}
+
+/// One repetition: `step` runs at least `min_steps` times and until `min_time` has passed
+/// (whole steps only). Returns the state, the steps run and the time they took.
+pub fn timed_rep<S>(
+    mut state: S,
+    min_steps: usize,
+    min_time: Duration,
+    mut step: impl FnMut(S) -> S,
+) -> (S, usize, Duration) {
+    let start = Instant::now();
+    let mut n = 0;
+    loop {
+        state = step(state);
+        n += 1;
+        let elapsed = start.elapsed();
+        if n >= min_steps && elapsed >= min_time {
+            return (state, n, elapsed);
+        }
     }
 }
 
 /// The table printed by `selfdistill bench`.
 pub fn table(report: &BenchReport) -> String {
     let mut s = format!(
-        "{} · backend {} · {} threads · {} ({} logical CPUs) · {}\n{} timed steps x {} reps (median), {} warm-up\n",
+        "{} · backend {} · {} threads · {} ({} logical CPUs) · {}\n{} timed steps (and at least {} s) x {} reps (median), {} warm-up\n",
         report.version,
         report.backend,
         report.threads,
@@ -412,6 +456,7 @@ pub fn table(report: &BenchReport) -> String {
         report.machine.logical_cpus,
         report.date,
         report.steps,
+        report.min_rep_s,
         report.reps,
         report.warmup
     );
@@ -455,6 +500,23 @@ pub fn parse_list<T>(s: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repetition_runs_the_least_steps_and_at_least_the_least_time() {
+        // No time asked: exactly the steps, the state threaded through each.
+        let (s, n, _) = timed_rep(0u32, 5, Duration::ZERO, |s| s + 1);
+        assert_eq!((s, n), (5, 5));
+        // Each step sleeps at least 2 ms: 20 ms need 3 steps or more and at most 10, and
+        // the repetition stops at the first step past 20 ms.
+        let min_time = Duration::from_millis(20);
+        let (s, n, elapsed) = timed_rep(0u32, 3, min_time, |s| {
+            std::thread::sleep(Duration::from_millis(2));
+            s + 1
+        });
+        assert_eq!(s as usize, n);
+        assert!((3..=10).contains(&n), "{n} steps");
+        assert!(elapsed >= min_time, "{elapsed:?}");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -108,9 +108,12 @@ struct BenchArgs {
     /// Cases, comma-separated: train, train-kd, infer.
     #[arg(long, default_value = "train,train-kd,infer")]
     cases: String,
-    /// Timed steps per repetition.
+    /// Timed steps per repetition: the least; a repetition goes on until --min-time.
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Least seconds per repetition (0: exactly --steps steps).
+    #[arg(long, value_name = "SECS", default_value_t = selfdistill::bench::DEFAULT_MIN_REP_S)]
+    min_time: f64,
     /// Untimed steps before timing each case.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
@@ -567,6 +570,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         models: bench::parse_list(&args.models, "model", BenchModel::parse)?,
         cases: bench::parse_list(&args.cases, "case", BenchCase::parse)?,
         steps: args.steps,
+        min_rep_s: args.min_time,
         warmup: args.warmup,
         reps: args.reps,
         seed: args.seed,

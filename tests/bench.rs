@@ -35,6 +35,9 @@ fn bench_runs_every_case_and_writes_json() {
         "1",
         "--reps",
         "2",
+        // Exactly --steps steps per repetition (the default goes on for half a second).
+        "--min-time",
+        "0",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -47,6 +50,7 @@ fn bench_runs_every_case_and_writes_json() {
     assert_eq!(report.backend, "cpu");
     assert_eq!(report.threads, 1);
     assert_eq!((report.steps, report.warmup, report.reps), (2, 1, 2));
+    assert_eq!(report.min_rep_s, 0.0);
     // 2 models x 2 batches x 3 cases, in that nesting order.
     assert_eq!(report.results.len(), 12);
     let first = &report.results[0];
@@ -56,6 +60,7 @@ fn bench_runs_every_case_and_writes_json() {
     );
     for r in &report.results {
         assert_eq!(r.reps_steps_per_s.len(), 2, "{r:?}");
+        assert_eq!(r.reps_steps, [2, 2], "{r:?}");
         assert!(r.steps_per_s.is_finite() && r.steps_per_s > 0.0, "{r:?}");
         assert!((r.images_per_s - r.steps_per_s * r.batch as f64).abs() < 1e-6 * r.images_per_s);
         match r.case.as_str() {
@@ -77,6 +82,18 @@ fn bench_rejects_unknown_names() {
     let (code, _, stderr) = selfdistill(&["bench", "--cases", "eval", "--steps", "1"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("unknown case \"eval\""), "{stderr}");
+}
+
+#[test]
+fn bench_rejects_a_min_time_out_of_range() {
+    for bad in ["--min-time=-1", "--min-time=nan", "--min-time=1e9"] {
+        let (code, _, stderr) = selfdistill(&["bench", bad, "--steps", "1"]);
+        assert_ne!(code, 0, "{bad}");
+        assert!(
+            stderr.contains("--min-time must be between 0 and 600 seconds"),
+            "{bad}: {stderr}"
+        );
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -177,6 +194,7 @@ fn pytorch_script_writes_the_same_fields() {
         "\"machine\"",
         "\"date\"",
         "\"steps\"",
+        "\"min_rep_s\"",
         "\"warmup\"",
         "\"reps\"",
         "\"results\"",
@@ -186,6 +204,7 @@ fn pytorch_script_writes_the_same_fields() {
         "\"steps_per_s\"",
         "\"images_per_s\"",
         "\"reps_steps_per_s\"",
+        "\"reps_steps\"",
         "\"last_loss\"",
         "\"logical_cpus\"",
     ] {
