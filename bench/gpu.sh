@@ -6,16 +6,23 @@
 #   bench/gpu.sh [--data-dir DIR]      # DIR holds cifar10/ (or it is downloaded there)
 #
 # Env: EPOCHS (3), GENERATIONS (preset's 3), ROUNDS (3), BATCH (64,128), RUN_TIMEOUT (300 s),
-#      SKIP_BUILD=1, SKIP_RUN=1, CUDARC_CUDA_VERSION (default: from nvidia-smi),
+#      SKIP_BUILD=1, SKIP_BENCH=1, SKIP_RUN=1, CUDARC_CUDA_VERSION (default: from nvidia-smi),
 #      BIN (a `--features cuda` binary built on another machine; implies SKIP_BUILD),
 #      PYTHON (an interpreter that already has torch with CUDA: no venv, nothing downloaded).
 #
 # On a GPU machine with no cargo and no package index (a rented box, a lab image):
-#   here:   cargo build --release --features cuda && cp target/release/selfdistill sd-cuda
-#   there:  BIN=./sd-cuda PYTHON=python3 bench/gpu.sh --data-dir DIR_WITH_cifar10
-# Output under bench/out/gpu-<date>/: env.txt, build.log, ratios.txt/.md + JSON, run.log.
+#   here:   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda
+#           strip -o sd-cuda target/release/selfdistill && gzip sd-cuda    # 94 MB -> ~18 MB
+#   there:  BIN=./sd-cuda.gz PYTHON=python3 bench/gpu.sh --data-dir DIR_WITH_cifar10
+# (a BIN ending in .gz is unpacked first). Each selfdistill process compiles its CUDA kernels
+# at start-up; PAIR=run ROUNDS=2 keeps that to four processes where time is short.
+# Without CIFAR-10 (none under --data-dir and no download possible) the preset run is the
+# offline `quick` preset on CUDA instead, said so in run.log, and the script exits 3.
+# Output under bench/out/gpu-<date>/ (or $OUT): env.txt, build.log, bench/ (ratios.txt/.md +
+# JSON), run.log, run.time; also packed as gpu.tgz beside it.
 #
-# Status: written and checked for syntax on a machine WITHOUT a GPU; not yet run on one.
+# Status: written and checked on a machine WITHOUT a GPU (the CUDA binary builds, and without
+# a driver it stops with the driver's load error); not yet run on one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +42,12 @@ fi
 if [[ -z "${SKIP_BUILD:-}" ]] && ! command -v cargo >/dev/null; then
   echo "cargo not found: build with --features cuda on another machine and give the binary as BIN=path" >&2
   exit 1
+fi
+if [[ "$BIN" == *.gz ]]; then
+  unpacked="${TMPDIR:-/tmp}/selfdistill-cuda-$$"
+  trap 'rm -f "$unpacked"' EXIT
+  gzip -dc "$BIN" > "$unpacked" && chmod +x "$unpacked"
+  BIN="$unpacked"
 fi
 export BIN
 OUT="${OUT:-bench/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -59,35 +72,52 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
   cargo build --release --features cuda 2>&1 | tail -n 3 | tee "$OUT/build.log"
 fi
 
+if [[ -z "${SKIP_BENCH:-}" ]]; then
 stamp "benchmark: selfdistill (cuda) vs PyTorch (cuda), alternating"
 BACKEND=cuda NO_BUILD=1 THREADS="$(nproc)" BATCH="${BATCH:-64,128}" ROUNDS="${ROUNDS:-3}" \
   STEPS="${STEPS:-50}" PT_STEPS="${PT_STEPS:-50}" WARMUP="${WARMUP:-5}" OUT="$OUT/bench" \
   bench/compare.sh
+fi
 
+status=0
 if [[ -z "${SKIP_RUN:-}" ]]; then
-  if ! ls "$DATA_DIR"/cifar10/* >/dev/null 2>&1; then
+  preset=""
+  if ls "$DATA_DIR"/cifar10/* >/dev/null 2>&1; then
+    preset=cifar10
+  else
     stamp "downloading CIFAR-10 into $DATA_DIR"
-    if ! "$BIN" data download cifar10 --data-dir "$DATA_DIR"; then
-      stamp "no CIFAR-10: the benchmark above stands; give --data-dir DIR with DIR/cifar10/ for the preset run"
-      exit 3
+    if "$BIN" data download cifar10 --data-dir "$DATA_DIR"; then
+      preset=cifar10
     fi
   fi
-  preset="$OUT/cifar10-resnet20-short.toml"
-  sed -e "s/^epochs = .*/epochs = ${EPOCHS:-3}/" \
-      -e 's/^name = .*/name = "cifar10-resnet20-short"/' \
-      ${GENERATIONS:+-e "s/^generations = .*/generations = $GENERATIONS/"} \
-      presets/cifar10-resnet20.toml > "$preset"
+  if [[ "$preset" == cifar10 ]]; then
+    preset="$OUT/cifar10-resnet20-short.toml"
+    sed -e "s/^epochs = .*/epochs = ${EPOCHS:-3}/" \
+        -e 's/^name = .*/name = "cifar10-resnet20-short"/' \
+        ${GENERATIONS:+-e "s/^generations = .*/generations = $GENERATIONS/"} \
+        presets/cifar10-resnet20.toml > "$preset"
+  else
+    # Still an end-to-end CUDA training run, on the embedded offline data.
+    echo "no CIFAR-10 under $DATA_DIR and none could be downloaded: running the offline quick preset on CUDA instead" | tee "$OUT/run.log" >&2
+    preset=quick
+    status=3
+  fi
   stamp "training $preset headless (timeout ${RUN_TIMEOUT:-300}s)"
   timer=()
   [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -v)
   set +e
   "${timer[@]}" timeout -s INT "${RUN_TIMEOUT:-300}" "$BIN" run \
     --preset "$preset" --headless --backend cuda --data-dir "$DATA_DIR" \
-    --runs-dir "$OUT/runs" > "$OUT/run.log" 2> "$OUT/run.time"
+    --runs-dir "$OUT/runs" >> "$OUT/run.log" 2> "$OUT/run.time"
   rc=$?
   set -e
   tail -n 15 "$OUT/run.log"
+  # /usr/bin/time's lines are tab-indented; the rest is selfdistill's stderr.
+  grep -v $'^\t' "$OUT/run.time" | tail -n 5 | cut -c1-400 || true
   grep -E "Elapsed|Maximum resident" "$OUT/run.time" || true
   stamp "run exit status $rc (124/130 = stopped by the timeout)"
+  (( rc == 0 || status != 0 )) || status=$rc
 fi
-stamp "done; results in $OUT (copy ratios.md and run.log figures into BENCHMARKS.md)"
+tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")" 2>/dev/null || true
+stamp "done; results in $OUT and $OUT.tgz (copy ratios.md and run.log figures into BENCHMARKS.md)"
+exit "$status"

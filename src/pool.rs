@@ -55,6 +55,9 @@ mod tests {
 
     #[test]
     fn a_panic_reaches_the_caller() {
+        let _one_at_a_time = crate::train::backend::PANIC_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let caught = std::panic::catch_unwind(|| run_on_pool(|| panic!("inside the pool")));
         let message = caught.expect_err("the panic was lost");
         assert_eq!(message.downcast_ref::<&str>(), Some(&"inside the pool"));

@@ -70,23 +70,51 @@ fn probe_cuda() -> Result<(), BackendError> {
     use burn::backend::{cuda::CudaDevice, Cuda};
     use burn::prelude::*;
     use burn::tensor::ElementConversion;
-    // Silence the default panic message while probing: a missing driver is expected.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(|| {
+    let result = catch_quietly(|| {
         let device = CudaDevice::new(0);
         let t = Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &device);
         t.sum().into_scalar().elem::<f32>()
     });
-    std::panic::set_hook(hook);
     match result {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
         Ok(v) => Err(BackendError::Unavailable(format!(
             "probe computed {v} instead of 3"
         ))),
-        Err(p) => Err(BackendError::Unavailable(panic_message(&p))),
+        Err(cause) => Err(BackendError::Unavailable(cause)),
     }
 }
+
+/// Runs `f`, turning a panic into the text of the first panic raised meanwhile, on any
+/// thread, and silencing the default panic message (an expected failure, e.g. a missing
+/// driver, is reported as an error instead). The first panic is the cause: when CUDA's
+/// runtime fails to load the driver on its server thread, the caller's wait on that thread
+/// fails after it (`RecvError`), and only that second panic reaches `catch_unwind`.
+/// The panic hook is process-wide: keep `f` short.
+pub fn catch_quietly<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let hook = std::panic::take_hook();
+    let seen = Arc::clone(&first);
+    std::panic::set_hook(Box::new(move |info| {
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get_or_insert_with(|| match panic_text(info.payload()) {
+            Some(text) => text,
+            // "panicked at FILE:LINE:COL:", and the message where it has one.
+            None => info.to_string(),
+        });
+    }));
+    let result = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    result.map_err(|p| {
+        let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        first.unwrap_or_else(|| panic_message(&*p))
+    })
+}
+
+/// Serialises the tests that panic on purpose: the panic hook is process-wide, so a
+/// `catch_quietly` under test could otherwise record another test's panic.
+#[cfg(test)]
+pub(crate) static PANIC_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[cfg(not(feature = "cuda"))]
 fn probe_cuda() -> Result<(), BackendError> {
@@ -95,18 +123,70 @@ fn probe_cuda() -> Result<(), BackendError> {
 
 /// Text of a caught panic payload.
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    panic_text(p).unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// The payload's text, where it is text (`panic!` with a message).
+fn panic_text(p: &(dyn std::any::Any + Send)) -> Option<String> {
     if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
+        Some(s.to_string())
     } else {
-        "unknown panic".to_string()
+        p.downcast_ref::<String>().cloned()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caught_panic_reports_the_first_panic_of_any_thread() {
+        let _one_at_a_time = PANIC_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(catch_quietly(|| 7), Ok(7));
+        // A message, literal or formatted.
+        assert_eq!(
+            catch_quietly(|| panic!("plain")),
+            Err::<(), _>("plain".into())
+        );
+        let n = 3;
+        assert_eq!(
+            catch_quietly(|| panic!("formatted {n}")),
+            Err::<(), _>("formatted 3".into())
+        );
+        // As with CUDA's runtime: a server thread fails, then the caller's wait on it.
+        let err = catch_quietly(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<u32>();
+            std::thread::spawn(move || {
+                let _tx = tx;
+                panic!("cannot load the driver");
+            });
+            rx.recv().unwrap()
+        });
+        assert_eq!(err, Err("cannot load the driver".into()));
+        // A payload that is not text: the hook's "panicked at" line still locates it.
+        let err = catch_quietly(|| std::panic::panic_any(42u8)).unwrap_err();
+        assert!(
+            err.contains("panicked at") && err.contains("backend.rs"),
+            "{err}"
+        );
+        // The previous hook is back.
+        let still_caught = std::panic::catch_unwind(|| panic!("after"));
+        assert!(still_caught.is_err());
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_the_payload() {
+        let _one_at_a_time = PANIC_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let literal = std::panic::catch_unwind(|| panic!("literal")).unwrap_err();
+        let formatted = std::panic::catch_unwind(|| panic!("{}", 1 + 1)).unwrap_err();
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(1i32)).unwrap_err();
+        std::panic::set_hook(hook);
+        assert_eq!(panic_message(&*literal), "literal");
+        assert_eq!(panic_message(&*formatted), "2");
+        assert_eq!(panic_message(&*other), "unknown panic");
+    }
 
     #[test]
     fn cpu_is_always_available() {
