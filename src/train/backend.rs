@@ -169,9 +169,16 @@ mod tests {
             err.contains("panicked at") && err.contains("backend.rs"),
             "{err}"
         );
-        // The previous hook is back.
-        let still_caught = std::panic::catch_unwind(|| panic!("after"));
-        assert!(still_caught.is_err());
+        // The hook in place before is not called meanwhile, and is back after.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {
+            CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let _ = catch_quietly(|| panic!("silenced"));
+        let _ = std::panic::catch_unwind(|| panic!("after"));
+        std::panic::set_hook(before);
+        assert_eq!(CALLS.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
