@@ -108,7 +108,7 @@ struct BenchArgs {
     /// Cases, comma-separated: train, train-kd, infer.
     #[arg(long, default_value = "train,train-kd,infer")]
     cases: String,
-    /// Timed steps per repetition: the least; a repetition goes on until --min-time.
+    /// Least timed steps per repetition (each also runs at least --min-time).
     #[arg(long, default_value_t = 10)]
     steps: usize,
     /// Least seconds per repetition (0: exactly --steps steps).
