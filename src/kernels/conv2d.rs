@@ -34,7 +34,7 @@ use super::batch_norm::Epilogue;
 use super::buffer;
 use super::chanvec;
 use super::direct;
-use super::simd::{copy_short, deinterleave, interleave_add, vectorized};
+use super::simd::{copy_short, deinterleave, interleave, interleave_add, scatter_even, vectorized};
 use super::wgrad;
 
 /// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
@@ -213,6 +213,14 @@ struct Run {
     offset: usize,
 }
 
+/// One image-backed run of an im2col row: `cols[at..at + len]` is `src[base..base + len]`.
+#[derive(Clone, Copy)]
+struct Segment {
+    at: usize,
+    base: usize,
+    len: usize,
+}
+
 impl Dims {
     fn run(&self, row: usize) -> Run {
         let Conv2dShape { kh, kw, .. } = self.s;
@@ -234,7 +242,7 @@ impl Dims {
         }
     }
 
-    /// [`Dims::run`] for every im2col row (the same for every sample of a call).
+    /// [`Dims::run`] for every im2col row.
     fn runs(&self) -> Vec<Run> {
         (0..self.k).map(|row| self.run(row)).collect()
     }
@@ -259,22 +267,26 @@ impl Dims {
 
     /// Every image-backed segment of the im2col matrix, shared by [`im2col`] and its
     /// adjoint: `(start in the matrix, start in the source rows, length)`; the source rows
-    /// are `x`'s (stride 1) or its column phases' (see [`split_phases`]).
-    fn segments<'a>(&'a self, runs: &'a [Run]) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
+    /// are `x`'s (stride 1) or its column phases' (see [`split_phases`]). Listed once per
+    /// layer call: walking the nested iterator for every sample was 2% of a Fashion-MNIST
+    /// training run.
+    fn segments(&self) -> Vec<Segment> {
         let (h, row_len) = (self.s.h, self.row_len());
-        runs.iter()
+        self.runs()
+            .into_iter()
             .enumerate()
             .filter(|(_, run)| run.hi > run.lo)
             .flat_map(move |(row, run)| {
                 (0..self.ho()).filter_map(move |oh| {
                     let ih = self.in_row(oh, run.i)?;
-                    Some((
-                        row * self.l + oh * self.wo + run.lo,
-                        (run.ci * h + ih) * row_len + run.offset,
-                        run.hi - run.lo,
-                    ))
+                    Some(Segment {
+                        at: row * self.l + oh * self.wo + run.lo,
+                        base: (run.ci * h + ih) * row_len + run.offset,
+                        len: run.hi - run.lo,
+                    })
                 })
             })
+            .collect()
     }
 
     fn ho(&self) -> usize {
@@ -292,7 +304,7 @@ impl Dims {
 /// sample `x` of shape `[c_in, h, w]`; `cols` is `[k, l]` row-major, in the geometry's
 /// [`Padded`] buffer: only the values read from the image are written, the zeros outside
 /// it stay from the buffer's creation.
-fn im2col<'a>(d: &Dims, runs: &[Run], x: &[f32], padded: &'a mut Padded) -> &'a [f32] {
+fn im2col<'a>(d: &Dims, segs: &[Segment], x: &[f32], padded: &'a mut Padded) -> &'a [f32] {
     let h = d.s.h;
     let row_len = d.row_len();
     let phases = (d.s.stride[1] != 1).then(|| {
@@ -305,7 +317,7 @@ fn im2col<'a>(d: &Dims, runs: &[Run], x: &[f32], padded: &'a mut Padded) -> &'a 
     vectorized(
         #[inline(always)]
         || {
-            for (at, base, len) in d.segments(runs) {
+            for &Segment { at, base, len } in segs {
                 copy_short(&mut cols[at..at + len], &src[base..base + len]);
             }
         },
@@ -318,7 +330,7 @@ fn im2col<'a>(d: &Dims, runs: &[Run], x: &[f32], padded: &'a mut Padded) -> &'a 
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input position it was
 /// read from. `dx` is one sample `[c_in, h, w]`.
-fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut Vec<f32>) {
+fn col2im_add(d: &Dims, segs: &[Segment], cols: &[f32], dx: &mut [f32], phases: &mut Vec<f32>) {
     let (h, w, sw) = (d.s.h, d.s.w, d.s.stride[1]);
     let rows = d.s.c_in * h;
     let row_len = d.row_len();
@@ -334,7 +346,7 @@ fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut
     vectorized(
         #[inline(always)]
         || {
-            for (at, base, len) in d.segments(runs) {
+            for &Segment { at, base, len } in segs {
                 let (dst, src) = (&mut dst[base..base + len], &cols[at..at + len]);
                 dst.iter_mut().zip(src).for_each(|(o, v)| *o += *v);
             }
@@ -364,11 +376,11 @@ fn col2im_add(d: &Dims, runs: &[Run], cols: &[f32], dx: &mut [f32], phases: &mut
 
 /// The im2col matrix of one sample: the sample itself for a pointwise convolution,
 /// otherwise built by [`im2col`].
-fn cols_of<'a>(d: &Dims, runs: &[Run], x: &'a [f32], padded: &'a mut Padded) -> &'a [f32] {
+fn cols_of<'a>(d: &Dims, segs: &[Segment], x: &'a [f32], padded: &'a mut Padded) -> &'a [f32] {
     if d.is_pointwise() {
         x
     } else {
-        im2col(d, runs, x, padded)
+        im2col(d, segs, x, padded)
     }
 }
 
@@ -423,7 +435,7 @@ struct Scratch {
 /// geometry always writes the same positions, so the positions it never writes stay zero.
 /// Rewriting the padding for every sample was thousands of tiny memsets per layer.
 #[derive(Default)]
-struct Padded(std::collections::HashMap<Key, Vec<f32>>);
+struct Padded(rustc_hash::FxHashMap<Key, Vec<f32>>);
 
 /// A buffer's geometry (shape without the batch) and which buffer of it.
 type Key = [usize; 10];
@@ -1270,12 +1282,21 @@ impl Phased {
 /// `i = a + sh * t` with `a = r % sh`, from output row `r / sh - t`. So the rows of phase
 /// `a` (and likewise the columns of phase `b`) get the full stride-1 correlation of `dy`
 /// with the flipped sub-kernel `W[:, :, a + sh * t, b + sw * t']`: a small stride-1
-/// convolution per phase, on the padded-plane grid of [`Planes`] with no junk columns,
-/// scattered back to every `sh`-th row and `sw`-th column. (im2col's adjoint, the
+/// convolution per phase, on the grid of one padded plane of `dy` (padded for the largest
+/// sub-kernel; a smaller one's rows end in junk columns), scattered back to every `sh`-th
+/// row and `sw`-th column. (im2col's adjoint, the
 /// alternative, ran this at 34-43 GFLOP/s per core against 80-100 for the kernel.)
 struct PhasedDx {
     s: Conv2dShape,
+    /// `dy` zero-padded for the largest sub-kernel, which every phase reads (each at its
+    /// own offset): one copy of `dy` per sample instead of one per phase.
+    planes: Planes,
     phases: Vec<DxPhase>,
+    /// Stride 2 across the columns, with each pair of phases `(a, 0)`, `(a, 1)` filling the
+    /// even and the odd columns of its rows completely: both are written as one interleaved
+    /// row instead of two strided scatters (the per-row calls were 5% of a Fashion-MNIST
+    /// training run).
+    paired: bool,
 }
 
 /// Most output channels for [`PhasedDx`]: with 2 threads, batch 64, 3x3 stride-2 layers
@@ -1287,12 +1308,17 @@ const PHASED_DX_MAX_CHANNELS: usize = 64;
 struct DxPhase {
     /// The phase: padded input rows `a, a + sh, ...`, columns `b, b + sw, ...`.
     a: usize,
-    b: usize,
-    /// `dy` zero-padded by the sub-kernel's size - 1: output row `u` of the correlation
-    /// is padded input row `a + sh * u`; its rows are `wq` long with no junk columns.
-    planes: Planes,
+    /// Output row `u` of the correlation is padded input row `a + sh * u`; its rows lie on
+    /// the shared plane's grid (`planes.wp()` apart), of which the first `wq` columns are
+    /// the phase's (`wq` = `wo` + its sub-kernel's width - 1), the rest junk.
     rows: usize,
-    wq: usize,
+    /// Rows `u` whose input row `a + sh * u - ph` is inside the image.
+    in_rows: std::ops::Range<usize>,
+    /// The first correlation column inside the image (`v0`), its input column (`iw0`), and
+    /// how many columns, `sw` input columns apart, reach the image.
+    v0: usize,
+    iw0: usize,
+    count: usize,
     direct: Direct,
 }
 
@@ -1310,22 +1336,29 @@ impl PhasedDx {
             return None;
         }
         let [ho, wo] = s.out_hw()?;
-        let [sh, sw] = s.stride;
+        let ([sh, sw], [ph, pw]) = (s.stride, s.pad);
+        // Sub-kernel size of phase (a, b): taps a, a + sh, ... of the kernel's rows (alike
+        // for columns). Phase (0, 0) has the largest.
+        let kt = |a: usize, b: usize| [(s.kh - a).div_ceil(sh), (s.kw - b).div_ceil(sw)];
+        let km = kt(0, 0);
+        let planes = Planes {
+            c_in: s.c_out,
+            h: ho,
+            w: wo,
+            ph: km[0] - 1,
+            pw: km[1] - 1,
+            kw: km[1],
+        };
+        let (plane, wq_all) = (planes.plane(), planes.wp());
         let mut phases = Vec::new();
         for a in 0..sh.min(s.kh) {
             for b in 0..sw.min(s.kw) {
-                let kt = [(s.kh - a).div_ceil(sh), (s.kw - b).div_ceil(sw)];
-                let planes = Planes {
-                    c_in: s.c_out,
-                    h: ho,
-                    w: wo,
-                    ph: kt[0] - 1,
-                    pw: kt[1] - 1,
-                    kw: kt[1],
-                };
-                let (plane, wq) = (planes.plane(), planes.wp());
-                // Tap (co, t, t') reads the padded dy at offset co * plane + t * wq + t' and
-                // weighs it with the flipped sub-kernel: W[co, ci, a + sh * (kt0 - 1 - t), ...].
+                let kt = kt(a, b);
+                // The phase's own zero padding is kt - 1; the shared plane has more, so its
+                // taps start that much further in (rows alike).
+                let (dh, dw) = (km[0] - kt[0], km[1] - kt[1]);
+                // Tap (co, t, t') reads padded dy (t + dh, t' + dw) from the window's start
+                // and weighs it with the flipped sub-kernel: W[co, ci, a + sh * (kt0-1-t), ..].
                 let k = s.c_out * kt[0] * kt[1];
                 let mut offsets = Vec::with_capacity(k);
                 let mut w = vec![0.0f32; s.c_in * k];
@@ -1333,7 +1366,7 @@ impl PhasedDx {
                     for t in 0..kt[0] {
                         for u in 0..kt[1] {
                             let tap = offsets.len();
-                            offsets.push(co * plane + t * wq + u);
+                            offsets.push(co * plane + (t + dh) * wq_all + u + dw);
                             let i = a + sh * (kt[0] - 1 - t);
                             let j = b + sw * (kt[1] - 1 - u);
                             for ci in 0..s.c_in {
@@ -1343,12 +1376,24 @@ impl PhasedDx {
                         }
                     }
                 }
+                let rows = ho + kt[0] - 1;
+                // Correlation row u is padded input row a + sh * u, i.e. input row
+                // a + sh * u - ph where that is inside the image (columns alike).
+                let u0 = ph.saturating_sub(a).div_ceil(sh);
+                let in_rows = u0..rows.min((s.h + ph).saturating_sub(a).div_ceil(sh));
+                let wq = wo + kt[1] - 1;
+                let v0 = pw.saturating_sub(b).div_ceil(sw);
+                let iw0 = b + sw * v0 - pw;
+                let count = wq
+                    .saturating_sub(v0)
+                    .min(s.w.saturating_sub(iw0).div_ceil(sw));
                 phases.push(DxPhase {
                     a,
-                    b,
-                    planes,
-                    rows: ho + kt[0] - 1,
-                    wq,
+                    rows,
+                    in_rows,
+                    v0,
+                    iw0,
+                    count,
                     direct: Direct {
                         packed: direct::pack(&w, s.c_in, k),
                         offsets,
@@ -1356,12 +1401,29 @@ impl PhasedDx {
                 });
             }
         }
-        Some(PhasedDx { s: *s, phases })
+        // Pairs (a, 0), (a, 1) (consecutive: `b` runs fastest) that start on columns 0 and 1
+        // and reach the row's end: together they write every column of their rows.
+        let paired = sw == 2
+            && phases.len() == 2 * sh.min(s.kh)
+            && phases.chunks_exact(2).all(|pair| {
+                let (e, o) = if pair[0].iw0 == 0 {
+                    (&pair[0], &pair[1])
+                } else {
+                    (&pair[1], &pair[0])
+                };
+                e.iw0 == 0 && o.iw0 == 1 && e.count == s.w.div_ceil(2) && o.count == s.w / 2
+            });
+        Some(PhasedDx {
+            s: *s,
+            planes,
+            phases,
+            paired,
+        })
     }
 
     /// One sample's input gradient into `dx` (`[c_in, h, w]`, written in full): zeroed (rows
     /// and columns that no window reaches stay zero), then each phase's correlation
-    /// scattered into its rows and columns.
+    /// written into its rows and columns.
     fn sample(
         &self,
         dy: &[f32],
@@ -1374,40 +1436,79 @@ impl PhasedDx {
             h,
             w,
             stride: [sh, sw],
-            pad: [ph, pw],
+            pad: [ph, _],
             ..
         } = self.s;
         let dx = buffer::zero_init(dx);
-        for p in &self.phases {
-            let n = p.rows * p.wq;
-            let ld = direct::padded_len(n);
-            let wide = buf(wide, c_in * ld);
-            let plane = p.planes.build(dy, padded);
-            direct::conv(&plane, &p.direct.offsets, &p.direct.packed, wide, n, ld);
-            p.planes.give_back(plane, padded);
-            // Correlation row u is padded input row a + sh * u, i.e. input row
-            // a + sh * u - ph where that is inside the image (columns alike).
-            // Columns: the first correlation column v0 inside the image, at input column
-            // iw0, then every column up to the image's edge, sw input columns apart.
-            let v0 = pw.saturating_sub(p.b).div_ceil(sw);
-            let iw0 = p.b + sw * v0 - pw;
-            let count = (p.wq.saturating_sub(v0)).min(w.saturating_sub(iw0).div_ceil(sw));
-            if count == 0 {
-                continue;
+        let wq = self.planes.wp();
+        let plane = self.planes.build(dy, padded);
+        // The correlation of phase `p` into `out` (`c_in` rows `ld` apart).
+        let correlate = |p: &DxPhase, out: &mut [f32], ld: usize| {
+            direct::conv(
+                &plane,
+                &p.direct.offsets,
+                &p.direct.packed,
+                out,
+                p.rows * wq,
+                ld,
+            );
+        };
+        if self.paired {
+            for pair in self.phases.chunks_exact(2) {
+                let ld = direct::padded_len(pair[0].rows * wq);
+                let (first, second) = buf(wide, 2 * c_in * ld).split_at_mut(c_in * ld);
+                correlate(&pair[0], first, ld);
+                correlate(&pair[1], second, ld);
+                let ((e, even), (o, odd)) = if pair[0].iw0 == 0 {
+                    ((&pair[0], &*first), (&pair[1], &*second))
+                } else {
+                    ((&pair[1], &*second), (&pair[0], &*first))
+                };
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let outs = even.chunks_exact(ld).zip(odd.chunks_exact(ld));
+                        for (dxc, (even, odd)) in dx.chunks_exact_mut(h * w).zip(outs) {
+                            for u in e.in_rows.clone() {
+                                let ih = e.a + sh * u - ph;
+                                interleave(
+                                    &even[u * wq + e.v0..][..e.count],
+                                    &odd[u * wq + o.v0..][..o.count],
+                                    &mut dxc[ih * w..(ih + 1) * w],
+                                );
+                            }
+                        }
+                    },
+                );
             }
-            for (dxc, out) in dx.chunks_exact_mut(h * w).zip(wide.chunks_exact(ld)) {
-                for u in 0..p.rows {
-                    let Some(ih) = (p.a + sh * u).checked_sub(ph).filter(|ih| *ih < h) else {
-                        continue;
-                    };
-                    let dst = &mut dxc[ih * w + iw0..(ih + 1) * w];
-                    let src = &out[u * p.wq + v0..][..count];
-                    for (d, v) in dst.iter_mut().step_by(sw).zip(src) {
-                        *d = *v;
-                    }
-                }
+        } else {
+            for p in self.phases.iter().filter(|p| p.count > 0) {
+                let ld = direct::padded_len(p.rows * wq);
+                let out = buf(wide, c_in * ld);
+                correlate(p, out, ld);
+                let (v0, iw0, count) = (p.v0, p.iw0, p.count);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (dxc, out) in dx.chunks_exact_mut(h * w).zip(out.chunks_exact(ld)) {
+                            for u in p.in_rows.clone() {
+                                let ih = p.a + sh * u - ph;
+                                let dst = &mut dxc[ih * w + iw0..(ih + 1) * w];
+                                let src = &out[u * wq + v0..][..count];
+                                if sw == 2 {
+                                    scatter_even(src, dst);
+                                } else {
+                                    for (k, v) in src.iter().enumerate() {
+                                        dst[k * sw] = *v;
+                                    }
+                                }
+                            }
+                        }
+                    },
+                );
             }
         }
+        self.planes.give_back(plane, padded);
     }
 }
 
@@ -1574,10 +1675,10 @@ fn forward_with(
             g.forward_sample(xn, &direct, map, yn, padded, wide);
         });
     } else {
-        let runs = d.runs();
+        let segs = d.segments();
         per_sample(&|xn, yn, map, scratch| {
             let Scratch { padded, wide, .. } = scratch;
-            let cols = cols_of(&d, &runs, xn, padded);
+            let cols = cols_of(&d, &segs, xn, padded);
             let product = |out: &mut [f32]| {
                 gemm(
                     s.c_out,
@@ -1671,7 +1772,7 @@ fn backward_with(
     let y_len = s.c_out * d.l;
     let w_len = s.weight_len();
     let chunks = s.batch.div_ceil(CHUNK);
-    let runs = d.runs();
+    let segs = d.segments();
 
     // Each chunk's task writes its samples' whole input gradient: the transposed
     // convolution's `compact` writes every element, the col2im path zeroes first.
@@ -1738,7 +1839,7 @@ fn backward_with(
             } else if let (Some(dw), Some(g)) = (dw.as_deref_mut(), &stride1) {
                 g.weight_grad_sample(xn, dyn_, dw, n == first, padded, stacked);
             } else if let Some(dw) = dw.as_deref_mut() {
-                let cols_n = cols_of(&d, &runs, xn, padded);
+                let cols_n = cols_of(&d, &segs, xn, padded);
                 // dW[c_out, k] += dY_n[c_out, l] @ cols_n^T[l, k], stored transposed: then
                 // gemm packs the small dY_n instead of the whole im2col matrix.
                 gemm(
@@ -1785,7 +1886,7 @@ fn backward_with(
                     false,
                 );
                 if !pointwise {
-                    col2im_add(&d, &runs, &dcols[..d.k * d.l], dxn, phases);
+                    col2im_add(&d, &segs, &dcols[..d.k * d.l], dxn, phases);
                 }
             }
             if let (Some(dxn), Some(add)) = (dxn, dx_add) {
@@ -2107,11 +2208,23 @@ mod tests {
             }
             assert!(wgrad.iter().filter(|s| s.stride != [1, 1]).count() >= 3);
             assert!(wgrad.iter().any(|s| s.pad[0] >= s.kh));
-            let phased_dx = shapes()
+            let phased_dx: Vec<bool> = shapes()
                 .iter()
-                .filter(|s| PhasedDx::of(s, &vec![0.0; s.weight_len()]).is_some())
-                .count();
-            assert!(phased_dx >= 6, "phased input-gradient shapes: {phased_dx}");
+                .filter_map(|s| PhasedDx::of(s, &vec![0.0; s.weight_len()]))
+                .map(|p| p.paired)
+                .collect();
+            assert!(
+                phased_dx.len() >= 6,
+                "phased input-gradient shapes: {}",
+                phased_dx.len()
+            );
+            // Both ways of writing the phases back: interleaved pairs and single scatters.
+            let paired = phased_dx.iter().filter(|p| **p).count();
+            assert!(
+                paired >= 2 && phased_dx.len() - paired >= 3,
+                "paired phases: {paired} of {}",
+                phased_dx.len()
+            );
             assert!(chan_tiles >= 9, "channels-in-vector shapes: {chan_tiles}");
             let chan_dx = shapes()
                 .iter()
