@@ -139,25 +139,35 @@ pub fn fill_batch(
 }
 
 /// Appends one normalised image: output pixel (y, x) reads source (y + dy, x' + dx),
-/// where x' is x or its mirror.
+/// where x' is x or its mirror; 0 where that is outside the source. Row by row over the
+/// columns that read the source: a branch and a push per pixel were ~2% of a
+/// Fashion-MNIST training run, serial on the training thread.
 fn write_image(set: &ImageSet, src: &[u8], affine: &[(f32, f32)], view: View, out: &mut Vec<f32>) {
     let (h, w) = (set.height, set.width);
+    let (wi, dx) = (w as isize, view.dx);
+    // x' in lo..hi reads source column x' + dx inside the row.
+    let (lo, hi) = ((-dx).clamp(0, wi) as usize, (wi - dx).clamp(0, wi) as usize);
     for (plane, &(scale, offset)) in src.chunks_exact((h * w).max(1)).zip(affine) {
         for y in 0..h {
+            let start = out.len();
+            out.resize(start + w, 0.0);
             let sy = y as isize + view.dy;
-            let row = (0..h as isize)
-                .contains(&sy)
-                .then(|| &plane[sy as usize * w..][..w]);
-            for x in 0..w {
-                let x = if view.flip { w - 1 - x } else { x };
-                let sx = x as isize + view.dx;
-                let value = match row {
-                    Some(r) if (0..w as isize).contains(&sx) => {
-                        f32::from(r[sx as usize]) * scale + offset
-                    }
-                    _ => 0.0,
-                };
-                out.push(value);
+            if !(0..h as isize).contains(&sy) || lo >= hi {
+                continue;
+            }
+            let row = &plane[sy as usize * w..][..w];
+            let src = &row[(lo as isize + dx) as usize..(hi as isize + dx) as usize];
+            let value = |p: &u8| f32::from(*p) * scale + offset;
+            let dst = &mut out[start..];
+            if view.flip {
+                // x = w - 1 - x': as x rises, x' falls from hi - 1 to lo.
+                for (d, p) in dst[w - hi..w - lo].iter_mut().zip(src.iter().rev()) {
+                    *d = value(p);
+                }
+            } else {
+                for (d, p) in dst[lo..hi].iter_mut().zip(src) {
+                    *d = value(p);
+                }
             }
         }
     }
@@ -338,6 +348,50 @@ mod tests {
             positions,
             [0, 1, 2, 4, 5, 6, 8, 9, 10].into_iter().collect()
         );
+    }
+
+    /// Every shift (past the edges too) and both mirrors, against the pixel-by-pixel
+    /// definition, on a non-square 2-channel image.
+    #[test]
+    fn shifted_and_mirrored_images_match_the_definition() {
+        let (c, h, w) = (2usize, 3usize, 5usize);
+        let set = ImageSet {
+            images: (0..c * h * w).map(|i| (i * 37 % 251) as u8).collect(),
+            labels: vec![0],
+            channels: c,
+            height: h,
+            width: w,
+            num_classes: 2,
+        };
+        let affine = [(0.5f32, -1.25f32), (2.0, 0.75)];
+        for dx in -6isize..=6 {
+            for dy in -4isize..=4 {
+                for flip in [false, true] {
+                    let view = View { dx, dy, flip };
+                    let mut got = vec![9.0];
+                    write_image(&set, set.image(0), &affine, view, &mut got);
+                    let mut want = vec![9.0];
+                    for ch in 0..c {
+                        let (scale, offset) = affine[ch];
+                        for y in 0..h as isize {
+                            for x in 0..w as isize {
+                                let x = if flip { w as isize - 1 - x } else { x };
+                                let (sy, sx) = (y + dy, x + dx);
+                                let inside =
+                                    (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx);
+                                want.push(if inside {
+                                    let p = set.images[(ch * h + sy as usize) * w + sx as usize];
+                                    f32::from(p) * scale + offset
+                                } else {
+                                    0.0
+                                });
+                            }
+                        }
+                    }
+                    assert_eq!(got, want, "dx {dx}, dy {dy}, flip {flip}");
+                }
+            }
+        }
     }
 
     #[test]
