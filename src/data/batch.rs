@@ -371,8 +371,7 @@ mod tests {
                     let mut got = vec![9.0];
                     write_image(&set, set.image(0), &affine, view, &mut got);
                     let mut want = vec![9.0];
-                    for ch in 0..c {
-                        let (scale, offset) = affine[ch];
+                    for (ch, &(scale, offset)) in affine.iter().enumerate() {
                         for y in 0..h as isize {
                             for x in 0..w as isize {
                                 let x = if flip { w as isize - 1 - x } else { x };
