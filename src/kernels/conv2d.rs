@@ -1284,8 +1284,8 @@ impl Phased {
 /// with the flipped sub-kernel `W[:, :, a + sh * t, b + sw * t']`: a small stride-1
 /// convolution per phase, on the grid of one padded plane of `dy` (padded for the largest
 /// sub-kernel; a smaller one's rows end in junk columns), scattered back to every `sh`-th
-/// row and `sw`-th column. (im2col's adjoint, the
-/// alternative, ran this at 34-43 GFLOP/s per core against 80-100 for the kernel.)
+/// row and `sw`-th column. (im2col's adjoint, the alternative, ran this at 34-43 GFLOP/s
+/// per core against 80-100 for the kernel.)
 struct PhasedDx {
     s: Conv2dShape,
     /// `dy` zero-padded for the largest sub-kernel, which every phase reads (each at its
