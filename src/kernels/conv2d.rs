@@ -1047,7 +1047,7 @@ fn compact(
                     .enumerate()
                 {
                     let r = residual.get(i * row..(i + 1) * row).unwrap_or(&[]);
-                    epilogue.write(dst, &src[..row], r, |v| v * k + b);
+                    epilogue.write_affine(dst, &src[..row], r, k, b);
                 }
             },
         );
