@@ -79,26 +79,19 @@ pub fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// per 32 values; inlined into callers compiled for AVX-512 (a [`vectorized`] closure).
 #[inline]
 pub fn interleave_add(even: &[f32], odd: &[f32], out: &mut [f32]) {
-    assert!(
-        even.len() == out.len().div_ceil(2) && odd.len() == out.len() / 2,
-        "interleave_add: lengths"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is available, and the lengths were checked.
-        unsafe { x86::interleave::<true>(even, odd, out) };
-        return;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o += if i % 2 == 0 { even[i / 2] } else { odd[i / 2] };
-    }
+    interleave_into::<true>(even, odd, out);
 }
 
 /// `out[2 * i] = even[i]`, `out[2 * i + 1] = odd[i]`: [`interleave_add`] without the add,
-/// for a row that two column phases fill completely. Inlined into callers compiled for
-/// AVX-512 (a [`vectorized`] closure).
+/// for a row that two column phases fill completely.
 #[inline]
 pub fn interleave(even: &[f32], odd: &[f32], out: &mut [f32]) {
+    interleave_into::<false>(even, odd, out);
+}
+
+/// [`interleave_add`] (`ADD`) or [`interleave`].
+#[inline(always)]
+fn interleave_into<const ADD: bool>(even: &[f32], odd: &[f32], out: &mut [f32]) {
     assert!(
         even.len() == out.len().div_ceil(2) && odd.len() == out.len() / 2,
         "interleave: lengths"
@@ -106,11 +99,12 @@ pub fn interleave(even: &[f32], odd: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is available, and the lengths were checked.
-        unsafe { x86::interleave::<false>(even, odd, out) };
+        unsafe { x86::interleave::<ADD>(even, odd, out) };
         return;
     }
     for (i, o) in out.iter_mut().enumerate() {
-        *o = if i % 2 == 0 { even[i / 2] } else { odd[i / 2] };
+        let v = if i % 2 == 0 { even[i / 2] } else { odd[i / 2] };
+        *o = if ADD { *o + v } else { v };
     }
 }
 
