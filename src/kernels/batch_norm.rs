@@ -31,6 +31,19 @@ impl BnShape {
         self.len() == 0
     }
 
+    /// Where the plane of channel `ch` in sample `sample` starts.
+    #[inline(always)]
+    fn plane_at(&self, sample: usize, ch: usize) -> usize {
+        (sample * self.c + ch) * self.hw
+    }
+
+    /// The plane (`hw` values) of channel `ch` in sample `sample`.
+    #[inline(always)]
+    fn plane<'a>(&self, data: &'a [f32], sample: usize, ch: usize) -> &'a [f32] {
+        let at = self.plane_at(sample, ch);
+        &data[at..at + self.hw]
+    }
+
     /// The planes (`hw` values) of channel `ch`, one per sample.
     fn planes<'a>(&self, data: &'a [f32], ch: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
         let (c, hw) = (self.c, self.hw);
@@ -312,7 +325,7 @@ pub fn forward(
                 #[inline(always)]
                 || {
                     let (m, v) = channel_statistics(s, x, ch);
-                    let k = gamma[ch] / (v as f64 + eps).sqrt() as f32;
+                    let k = forward_scale(gamma[ch], v, eps);
                     let b = beta[ch];
                     for (sample, (y, x)) in ys.into_iter().zip(s.planes(x, ch)).enumerate() {
                         let r = epilogue.plane(s, sample * s.c + ch);
@@ -387,15 +400,70 @@ pub struct BnBackward {
     pub masked_dy: Option<Vec<f32>>,
 }
 
+/// Where [`backward`] finds the forward's ReLU mask: `dy` is zeroed where the value the
+/// ReLU received was not positive (Burn's ReLU gradient).
+#[derive(Clone, Copy, Debug)]
+pub enum Relu<'a> {
+    /// The forward's output, zero exactly where the ReLU zeroed.
+    Output(&'a [f32]),
+    /// No residual was added, so the ReLU received `(x - mean) * k + beta` with the
+    /// forward's own `k = gamma / sqrt(var + eps)`, rounded as [`forward`] rounds it:
+    /// recomputed from `x` to the same bits, which saves reading the output (one of the
+    /// backward's four to five streams when a channel no longer fits in cache, as at
+    /// batch 128).
+    Recompute { beta: &'a [f32] },
+}
+
+/// The forward's per-channel scale `gamma / sqrt(var + eps)`; [`Relu::Recompute`] must
+/// round it exactly as the forward did.
+#[inline(always)]
+fn forward_scale(gamma: f32, var: f32, eps: f64) -> f32 {
+    gamma / (var as f64 + eps).sqrt() as f32
+}
+
+/// One plane's ReLU mask in [`backward`].
+#[derive(Clone, Copy)]
+enum PlaneMask<'a> {
+    /// Keep `dy` where this plane of the forward's output is positive (or NaN).
+    Output(&'a [f32]),
+    /// Keep `dy` where `(x - m) * k + b` is positive (or NaN).
+    Affine { m: f32, k: f32, b: f32 },
+}
+
+impl PlaneMask<'_> {
+    /// Writes `dy`, or +0 where the ReLU zeroed, into `out` (every element) and returns it.
+    /// One straight loop per kind of mask, so each vectorises.
+    #[inline(always)]
+    fn write<'o>(self, out: &'o mut [MaybeUninit<f32>], x: &[f32], d: &[f32]) -> &'o [f32] {
+        assert!(out.len() == d.len() && x.len() == d.len());
+        let keep = |v: f32, d: f32| if v <= 0.0 { 0.0 } else { d };
+        match self {
+            PlaneMask::Output(y) => {
+                assert_eq!(y.len(), d.len());
+                out.iter_mut().zip(y.iter().zip(d)).for_each(|(o, (y, d))| {
+                    o.write(keep(*y, *d));
+                });
+            }
+            PlaneMask::Affine { m, k, b } => {
+                out.iter_mut().zip(x.iter().zip(d)).for_each(|(o, (x, d))| {
+                    o.write(keep((x - m) * k + b, *d));
+                });
+            }
+        }
+        // SAFETY: every element was written just above.
+        unsafe { assume_init_ref(out) }
+    }
+}
+
 /// With `xhat = (x - mean) * inv_std` and `M = n * hw`:
 /// `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`,
 /// `dx = gamma * inv_std * (dy - dbeta / M - xhat * dgamma / M)`.
-/// `relu_output`: the forward's output when it ended with a ReLU; `dy` is then first
-/// zeroed where that output is not positive (Burn's ReLU gradient), and that masked `dy`
-/// is returned too when `want_masked` (a residual's gradient).
+/// `relu`: where the forward ended with a ReLU, where to find its mask; `dy` is then first
+/// zeroed where the ReLU zeroed, and that masked `dy` is returned too when `want_masked`
+/// (a residual's gradient).
 ///
-/// One task per channel: the sums, then the channel's `dx` while its values are still in
-/// cache (two passes over memory instead of three to four).
+/// One task per channel, in two passes over the channel while its values are in cache:
+/// each sample's plane masked and then summed (while it is in L1), then `dx`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     s: &BnShape,
@@ -403,28 +471,35 @@ pub fn backward(
     mean: &[f32],
     var: &[f32],
     gamma: &[f32],
-    relu_output: Option<&[f32]>,
+    relu: Option<Relu>,
     dy: &[f32],
     eps: f64,
     want_masked: bool,
 ) -> BnBackward {
     assert_eq!(x.len(), s.len(), "batch norm backward: input length");
     assert_eq!(dy.len(), s.len(), "batch norm backward: gradient length");
-    if let Some(y) = relu_output {
-        assert_eq!(y.len(), s.len(), "batch norm backward: output length");
+    match relu {
+        Some(Relu::Output(y)) => {
+            assert_eq!(y.len(), s.len(), "batch norm backward: output length")
+        }
+        Some(Relu::Recompute { beta }) => {
+            assert_eq!(beta.len(), s.c, "batch norm backward: beta length")
+        }
+        None => {}
     }
     assert!(mean.len() == s.c && var.len() == s.c && gamma.len() == s.c);
     let count = (s.n * s.hw) as f32;
+    let want_masked = want_masked && relu.is_some();
     if s.is_empty() {
         return BnBackward {
             dx: vec![0.0; x.len()],
             dgamma: vec![0.0; s.c],
             dbeta: vec![0.0; s.c],
-            masked_dy: (want_masked && relu_output.is_some()).then(|| vec![0.0; x.len()]),
+            masked_dy: want_masked.then(|| vec![0.0; x.len()]),
         };
     }
     let mut dx = uninit(x.len());
-    let mut masked_dy = (want_masked && relu_output.is_some()).then(|| uninit(x.len()));
+    let mut masked_dy = want_masked.then(|| uninit(x.len()));
     let mut masked_planes = match masked_dy.as_deref_mut() {
         Some(m) => channel_planes_mut(s, m).into_iter().map(Some).collect(),
         None => (0..s.c).map(|_| None).collect::<Vec<_>>(),
@@ -437,42 +512,37 @@ pub fn backward(
             vectorized(
                 #[inline(always)]
                 || {
-                    // The channel's masked output gradient, in its own buffer (cached
-                    // for the second pass) unless there is no ReLU to apply.
-                    let mut own = Vec::new();
-                    let dyc: Vec<&[f32]> = match (relu_output, masked) {
-                        (None, _) => s.planes(dy, ch).collect(),
-                        (Some(y), Some(mut planes)) => {
-                            for (m, (y, d)) in
-                                planes.iter_mut().zip(s.planes(y, ch).zip(s.planes(dy, ch)))
-                            {
-                                assert_eq!(m.len(), y.len());
-                                for (m, (y, d)) in m.iter_mut().zip(y.iter().zip(d)) {
-                                    m.write(if *y <= 0.0 { 0.0 } else { *d });
-                                }
-                            }
-                            // SAFETY: every element of the planes was written just above.
-                            planes
-                                .into_iter()
-                                .map(|p| unsafe { assume_init_ref(p) })
-                                .collect()
-                        }
-                        (Some(y), None) => {
-                            own.reserve_exact(s.n * s.hw);
-                            for (y, d) in s.planes(y, ch).zip(s.planes(dy, ch)) {
-                                own.extend(
-                                    y.iter()
-                                        .zip(d)
-                                        .map(|(y, d)| if *y <= 0.0 { 0.0 } else { *d }),
-                                );
-                            }
-                            own.chunks_exact(s.hw.max(1)).collect()
-                        }
+                    let plane = |data, sample| s.plane(data, sample, ch);
+                    let forward_k = forward_scale(gamma[ch], var[ch], eps);
+                    let mask = |sample| match relu? {
+                        Relu::Output(y) => Some(PlaneMask::Output(plane(y, sample))),
+                        Relu::Recompute { beta } => Some(PlaneMask::Affine {
+                            m: mean[ch],
+                            k: forward_k,
+                            b: beta[ch],
+                        }),
+                    };
+                    // The channel's masked `dy`, plane by plane: in the returned copy when
+                    // it is asked for, else in a buffer of this task's own.
+                    let mut own = if relu.is_some() && masked.is_none() {
+                        uninit(s.n * s.hw)
+                    } else {
+                        Vec::new()
+                    };
+                    let mut targets = match masked {
+                        Some(planes) => Some(planes),
+                        None => relu.map(|_| own.chunks_exact_mut(s.hw).collect::<Vec<_>>()),
                     };
                     let (m, k) = (mean[ch] as f64, 1.0 / (var[ch] as f64 + eps).sqrt());
                     let (mut g, mut b) = (0.0f64, 0.0f64);
-                    for (xp, dp) in s.planes(x, ch).zip(dyc.iter()) {
-                        let (pb, pg) = centred_sums(xp, dp, m, k);
+                    for sample in 0..s.n {
+                        let (xp, dp) = (plane(x, sample), plane(dy, sample));
+                        // Masked and summed while the plane is in L1.
+                        let dm = match (mask(sample), targets.as_mut()) {
+                            (Some(mask), Some(t)) => mask.write(t[sample], xp, dp),
+                            _ => dp,
+                        };
+                        let (pb, pg) = centred_sums(xp, dm, m, k);
                         b += pb;
                         g += pg;
                     }
@@ -481,9 +551,15 @@ pub fn backward(
                     let m = mean[ch];
                     let a = gamma[ch] * k;
                     let (db, dg) = (dbeta / count, dgamma / count);
-                    for ((dx, x), dy) in dxs.into_iter().zip(s.planes(x, ch)).zip(dyc.iter()) {
-                        assert!(dx.len() == x.len() && dy.len() == x.len());
-                        for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy.iter()) {
+                    for (sample, dx) in dxs.into_iter().enumerate() {
+                        let xp = plane(x, sample);
+                        let dm = match targets.as_deref() {
+                            // SAFETY: the first pass wrote every plane of the targets.
+                            Some(t) => unsafe { assume_init_ref(t[sample]) },
+                            None => plane(dy, sample),
+                        };
+                        assert!(dx.len() == xp.len() && dm.len() == xp.len());
+                        for ((dx, x), dy) in dx.iter_mut().zip(xp).zip(dm) {
                             let xhat = (x - m) * k;
                             dx.write(a * (dy - db - xhat * dg));
                         }
@@ -494,7 +570,7 @@ pub fn backward(
         })
         .unzip();
     // SAFETY: each channel's task wrote every plane of its channel in `dx`, and in
-    // `masked_dy` (which exists only with a ReLU output, when the mask loop runs).
+    // `masked_dy` (which exists only with a ReLU, when its first pass writes each plane).
     let (dx, masked_dy) = unsafe { (assume_init(dx), masked_dy.map(|m| assume_init(m))) };
     BnBackward {
         dx,
@@ -676,7 +752,7 @@ mod tests {
                 &fused.mean,
                 &fused.var,
                 &gamma,
-                Some(&fused.y),
+                Some(Relu::Output(&fused.y)),
                 &dy,
                 1e-5,
                 want_masked,
@@ -687,6 +763,66 @@ mod tests {
         let mut nan = x.clone();
         nan[0] = f32::NAN;
         assert!(forward(&s, &nan, &gamma, &beta, 1e-5, RELU).y[0].is_nan());
+    }
+
+    /// Without a residual, the mask recomputed from `x` is the one read from the output, to
+    /// the bit, including where the ReLU's input is exactly 0 (beta chosen to put some
+    /// values there), NaN and infinities; and both give the gradients of the masked `dy`
+    /// through the plain backward, to the bit. Planes of 1 to 40 values: whole vectors and
+    /// tails.
+    #[test]
+    fn recomputed_relu_mask_is_the_outputs() {
+        for hw in [1usize, 7, 8, 16, 17, 40] {
+            let s = BnShape { n: 5, c: 3, hw };
+            let mut x = values(s.len(), 31 + hw as u64);
+            let dy = values(s.len(), 32);
+            let gamma = [1.25f32, -0.75, 2.0];
+            let stats = forward(&s, &x, &gamma, &[0.0; 3], 1e-5, Epilogue::default());
+            // beta such that the first value of each channel (and its duplicates
+            // elsewhere) lands on 0 exactly.
+            let beta: Vec<f32> = (0..3)
+                .map(|ch| {
+                    let k = forward_scale(gamma[ch], stats.var[ch], 1e-5);
+                    -((s.plane(&x, 0, ch)[0] - stats.mean[ch]) * k)
+                })
+                .collect();
+            if s.hw > 2 {
+                // Non-finite inputs (their channel's statistics become non-finite too).
+                x[s.plane_at(4, 2) + 1] = f32::NAN;
+                x[s.plane_at(3, 1) + 2] = f32::INFINITY;
+            }
+            let f = forward(&s, &x, &gamma, &beta, 1e-5, RELU);
+            assert!(f.y.iter().filter(|v| **v == 0.0).count() >= 3);
+            // Burn's ReLU gradient: `dy` kept where the output is NaN (unlike `relu_masked`).
+            let masked: Vec<f32> =
+                f.y.iter()
+                    .zip(&dy)
+                    .map(|(y, d)| if *y <= 0.0 { 0.0 } else { *d })
+                    .collect();
+            let plain = backward(&s, &x, &f.mean, &f.var, &gamma, None, &masked, 1e-5, false);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            for want_masked in [false, true] {
+                for relu in [Relu::Output(&f.y), Relu::Recompute { beta: &beta }] {
+                    let g = backward(
+                        &s,
+                        &x,
+                        &f.mean,
+                        &f.var,
+                        &gamma,
+                        Some(relu),
+                        &dy,
+                        1e-5,
+                        want_masked,
+                    );
+                    let what = format!("hw {hw}, {relu:?}, masked {want_masked}");
+                    assert_eq!(bits(&g.dx), bits(&plain.dx), "{what}");
+                    assert_eq!(bits(&g.dgamma), bits(&plain.dgamma), "{what}");
+                    assert_eq!(bits(&g.dbeta), bits(&plain.dbeta), "{what}");
+                    let kept = g.masked_dy.as_deref().map(bits);
+                    assert_eq!(kept, want_masked.then(|| bits(&masked)), "{what}");
+                }
+            }
+        }
     }
 
     /// `dy` where `y` (a ReLU's input or output) is positive, else 0: the ReLU's gradient.
@@ -730,7 +866,7 @@ mod tests {
             &fused.mean,
             &fused.var,
             &gamma,
-            Some(&fused.y),
+            Some(Relu::Output(&fused.y)),
             &dy,
             1e-5,
             true,
@@ -823,8 +959,22 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 let f = forward(&s, &x, &gamma, &beta, 1e-5, RELU);
-                let b = backward(&s, &x, &f.mean, &f.var, &gamma, Some(&f.y), &dy, 1e-5, true);
-                (f.y, f.mean, f.var, b.dx, b.dgamma, b.dbeta)
+                let b = backward(
+                    &s,
+                    &x,
+                    &f.mean,
+                    &f.var,
+                    &gamma,
+                    Some(Relu::Output(&f.y)),
+                    &dy,
+                    1e-5,
+                    true,
+                );
+                let r = Relu::Recompute { beta: &beta };
+                let c = backward(&s, &x, &f.mean, &f.var, &gamma, Some(r), &dy, 1e-5, false);
+                (
+                    f.y, f.mean, f.var, b.dx, b.dgamma, b.dbeta, c.dx, c.dgamma, c.dbeta,
+                )
             })
         };
         assert_eq!(run(1), run(4));

@@ -83,16 +83,16 @@ pub trait KernelBackend: Backend {
         None
     }
 
-    /// Gradients of [`KernelBackend::fast_batch_norm`]; `relu_output` is the forward's
-    /// output when it ended with a ReLU; `want_sum`: whether [`BnGrads::sum`] is needed
-    /// (a residual was added).
+    /// Gradients of [`KernelBackend::fast_batch_norm`]; `relu`: the forward's ReLU, when
+    /// it ended with one; `want_sum`: whether [`BnGrads::sum`] is needed (a residual was
+    /// added).
     #[allow(clippy::too_many_arguments)]
     fn fast_batch_norm_backward(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
-        relu_output: Option<FloatTensor<Self>>,
+        relu: Option<ReluState<FloatTensor<Self>>>,
         output_grad: FloatTensor<Self>,
         epsilon: f64,
         want_sum: bool,
@@ -102,7 +102,7 @@ pub trait KernelBackend: Backend {
             mean,
             var,
             gamma,
-            relu_output,
+            relu.map(|r| r.output),
             output_grad,
             epsilon,
             want_sum,
@@ -155,6 +155,15 @@ pub trait KernelBackend: Backend {
             bias: gb,
         }
     }
+}
+
+/// A batch norm's ReLU, as its backward needs it: the forward's output, and, where no
+/// residual was added, beta, with which a kernel may recompute the ReLU's input from `x`
+/// instead of reading the output (the same mask, one pass over memory fewer).
+#[derive(Clone, Debug)]
+pub struct ReluState<T> {
+    pub output: T,
+    pub beta: Option<T>,
 }
 
 /// Batch-norm gradients in Burn tensor ops (any backend); the reference the kernels are
@@ -345,13 +354,15 @@ impl KernelBackend for Flex {
         mean: FlexTensor,
         var: FlexTensor,
         gamma: FlexTensor,
-        relu_output: Option<FlexTensor>,
+        relu: Option<ReluState<FlexTensor>>,
         output_grad: FlexTensor,
         epsilon: f64,
         want_sum: bool,
     ) -> BnGrads<Self> {
-        let fits = bn_shape(&x, &[&mean, &var, &gamma]).filter(|s| {
-            same_size(&output_grad, s) && relu_output.as_ref().is_none_or(|y| same_size(y, s))
+        let beta = relu.as_ref().and_then(|r| r.beta.as_ref());
+        let per_channel: Vec<&FlexTensor> = [&mean, &var, &gamma].into_iter().chain(beta).collect();
+        let fits = bn_shape(&x, &per_channel).filter(|s| {
+            same_size(&output_grad, s) && relu.as_ref().is_none_or(|r| same_size(&r.output, s))
         });
         let Some(s) = fits else {
             return batch_norm_backward_reference::<Flex>(
@@ -359,21 +370,28 @@ impl KernelBackend for Flex {
                 mean,
                 var,
                 gamma,
-                relu_output,
+                relu.map(|r| r.output),
                 output_grad,
                 epsilon,
                 want_sum,
             );
         };
         let [x, mean, var, gamma, dy] = [&x, &mean, &var, &gamma, &output_grad].map(contiguous);
-        let relu_output = relu_output.as_ref().map(contiguous);
+        // Recompute the mask where beta says no residual was added, else read the output.
+        let mask = relu.map(|r| match r.beta {
+            Some(beta) => (contiguous(&beta), true),
+            None => (contiguous(&r.output), false),
+        });
         let g = bn_kernel::backward(
             &s,
             f32_slice(&x),
             f32_slice(&mean),
             f32_slice(&var),
             f32_slice(&gamma),
-            relu_output.as_ref().map(f32_slice),
+            mask.as_ref().map(|(t, recompute)| match recompute {
+                true => bn_kernel::Relu::Recompute { beta: f32_slice(t) },
+                false => bn_kernel::Relu::Output(f32_slice(t)),
+            }),
             f32_slice(&dy),
             epsilon,
             want_sum,
@@ -593,14 +611,14 @@ impl<B: KernelBackend> Backward<B, 3> for ConvWithBias {
     }
 }
 
-/// Input, mean, variance, gamma, the output if a ReLU ended the op, epsilon: what the
+/// Input, mean, variance, gamma, the ReLU if one ended the op, epsilon: what the
 /// batch-norm backward kernel needs.
 type BnState<B> = (
     FloatTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
-    Option<FloatTensor<B>>,
+    Option<ReluState<FloatTensor<B>>>,
     f64,
 );
 
@@ -609,8 +627,8 @@ fn bn_grads<B: KernelBackend>(
     grad: FloatTensor<B>,
     want_sum: bool,
 ) -> BnGrads<B> {
-    let (x, mean, var, gamma, relu_output, epsilon) = state;
-    B::fast_batch_norm_backward(x, mean, var, gamma, relu_output, grad, epsilon, want_sum)
+    let (x, mean, var, gamma, relu, epsilon) = state;
+    B::fast_batch_norm_backward(x, mean, var, gamma, relu, grad, epsilon, want_sum)
 }
 
 /// Autodiff batch norm: parents (x, gamma, beta).
@@ -664,12 +682,16 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
             residual.as_ref().map(|r| r.primitive.clone()),
             relu,
         )?;
+        let relu = relu.then(|| ReluState {
+            output: y.clone(),
+            beta: residual.is_none().then(|| beta.primitive.clone()),
+        });
         let state = (
             x.primitive,
             mean.clone(),
             var.clone(),
             gamma.primitive,
-            relu.then(|| y.clone()),
+            relu,
             epsilon,
         );
         let y = match residual {
@@ -998,22 +1020,39 @@ mod tests {
                 relu,
             )
             .expect("f32 [n, c, hw] takes the kernel");
-            let relu_output = relu.then_some(y);
-            let args = || {
-                (
-                    p(x.clone()),
-                    mean.clone(),
-                    var.clone(),
-                    q(gamma.clone()),
-                    relu_output.clone(),
-                    p(dy.clone()),
-                )
+            // The ReLU's mask read from the output, or recomputed from x with beta.
+            let relus = match relu {
+                false => vec![None],
+                true => vec![
+                    Some(ReluState {
+                        output: y.clone(),
+                        beta: None,
+                    }),
+                    Some(ReluState {
+                        output: y,
+                        beta: Some(q(beta.clone())),
+                    }),
+                ],
             };
             // The kernel fuses the ReLU mask differently with and without the sum.
-            for want_sum in [false, true] {
+            for (relu_state, want_sum) in relus
+                .into_iter()
+                .flat_map(|r| [(r.clone(), false), (r, true)])
+            {
+                let args = || {
+                    (
+                        p(x.clone()),
+                        mean.clone(),
+                        var.clone(),
+                        q(gamma.clone()),
+                        relu_state.clone(),
+                        p(dy.clone()),
+                    )
+                };
                 let (a, b, c, d, e, f) = args();
                 let ours = Flex::fast_batch_norm_backward(a, b, c, d, e, f, 1e-5, want_sum);
                 let (a, b, c, d, e, f) = args();
+                let e = e.map(|r| r.output);
                 let reference =
                     batch_norm_backward_reference::<Flex>(a, b, c, d, e, f, 1e-5, want_sum);
                 assert_eq!(ours.sum.is_some(), want_sum);
