@@ -370,6 +370,8 @@ fn run_case<B: TrainBackend>(
     let mut i = 0usize;
     let reps = {
         let mut step = |student: Net<B>| -> Net<B> {
+            // As the trainer does: the step's regions find the pool's threads awake.
+            let _warm = B::keep_pool_warm();
             let (x, y) = inputs[i % POOL].clone();
             i += 1;
             match &eval_net {

@@ -19,6 +19,7 @@ use burn::tensor::{DType, TensorPrimitive};
 
 use crate::kernels::batch_norm::{self as bn_kernel, BnShape, Epilogue};
 use crate::kernels::conv2d::{self as kernel, Conv2dShape, Wants};
+use crate::pool;
 
 /// Gradients of a convolution, each present when asked for.
 pub struct ConvGrads<B: Backend> {
@@ -116,6 +117,14 @@ pub trait KernelBackend: Backend {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         Self::conv2d(x, weight, bias, options)
+    }
+
+    /// Where the backend computes on the current rayon pool (flex): keeps the pool's
+    /// other threads awake for a training step or an evaluation batch ([`pool::keep_warm`],
+    /// called on the thread that drives it). `None` elsewhere (a GPU backend's step has
+    /// little CPU work to share).
+    fn keep_pool_warm() -> Option<pool::Warm> {
+        None
     }
 
     /// Gradients of [`KernelBackend::fast_conv2d`]; `dx_add`, when given, is added to the
@@ -295,6 +304,10 @@ fn flex_from(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 }
 
 impl KernelBackend for Flex {
+    fn keep_pool_warm() -> Option<pool::Warm> {
+        pool::keep_warm()
+    }
+
     fn fast_scale_shift(
         x: FlexTensor,
         scale: FlexTensor,
@@ -666,6 +679,10 @@ impl<B: KernelBackend> Backward<B, 4> for BatchNormResidualOp {
 }
 
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    fn keep_pool_warm() -> Option<pool::Warm> {
+        B::keep_pool_warm()
+    }
+
     fn fast_batch_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

@@ -737,6 +737,8 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
                         self.run_step + 1
                     );
                 }
+                // The step's many small parallel regions find the pool's threads awake.
+                let _warm = B::keep_pool_warm();
                 let lr = schedule.lr_at(step);
                 let (x, y) = self.make_batch(chunk, &mut aug_rng);
                 let logits = student.forward(x.clone());
@@ -1157,6 +1159,7 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
         let device = self.device.clone();
         let (mut loss_sum, mut correct) = (0.0, 0u64);
         for chunk in indices.chunks(EVAL_BATCH) {
+            let _warm = B::InnerBackend::keep_pool_warm();
             data::fill_batch(
                 set,
                 chunk,
