@@ -199,8 +199,8 @@ mod tests {
             assert_eq!(sum, 100_000 * 99_999 / 2);
             // A nested guard does not start a second loop on a thread already in one.
             let inner = keep_warm().expect("still on the pool");
-            std::thread::sleep(Duration::from_millis(1));
-            assert_eq!(inner.spinning(), 0);
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(inner.0.started.load(Ordering::Acquire), 0);
             drop(inner);
             // Dropping the guard releases them...
             let state = Arc::clone(&warm.0);
