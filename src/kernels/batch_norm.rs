@@ -46,8 +46,8 @@ impl BnShape {
 
     /// The planes (`hw` values) of channel `ch`, one per sample.
     fn planes<'a>(&self, data: &'a [f32], ch: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
-        let (c, hw) = (self.c, self.hw);
-        (0..self.n).map(move |s| &data[(s * c + ch) * hw..(s * c + ch + 1) * hw])
+        let s = *self;
+        (0..s.n).map(move |sample| s.plane(data, sample, ch))
     }
 }
 
