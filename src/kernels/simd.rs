@@ -11,6 +11,8 @@
 //! multiply-add or reorders float operations, so the wider code computes the same values
 //! in the same order.
 
+use std::mem::MaybeUninit;
+
 /// Runs `f` compiled for AVX-512 or AVX2 + FMA when the CPU has it (checked once and
 /// cached by the standard library), else as built.
 #[inline(always)]
@@ -79,33 +81,44 @@ pub fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// per 32 values; inlined into callers compiled for AVX-512 (a [`vectorized`] closure).
 #[inline]
 pub fn interleave_add(even: &[f32], odd: &[f32], out: &mut [f32]) {
-    interleave_into::<true>(even, odd, out);
-}
-
-/// `out[2 * i] = even[i]`, `out[2 * i + 1] = odd[i]`: [`interleave_add`] without the add,
-/// for a row that two column phases fill completely.
-#[inline]
-pub fn interleave(even: &[f32], odd: &[f32], out: &mut [f32]) {
-    interleave_into::<false>(even, odd, out);
-}
-
-/// [`interleave_add`] (`ADD`) or [`interleave`].
-#[inline(always)]
-fn interleave_into<const ADD: bool>(even: &[f32], odd: &[f32], out: &mut [f32]) {
-    assert!(
-        even.len() == out.len().div_ceil(2) && odd.len() == out.len() / 2,
-        "interleave: lengths"
-    );
+    check_interleave(even, odd, out.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is available, and the lengths were checked.
-        unsafe { x86::interleave::<ADD>(even, odd, out) };
+        unsafe { x86::interleave::<true>(even, odd, out.as_mut_ptr(), out.len()) };
         return;
     }
     for (i, o) in out.iter_mut().enumerate() {
-        let v = if i % 2 == 0 { even[i / 2] } else { odd[i / 2] };
-        *o = if ADD { *o + v } else { v };
+        *o += if i % 2 == 0 { even[i / 2] } else { odd[i / 2] };
     }
+}
+
+/// `out[2 * i] = even[i]`, `out[2 * i + 1] = odd[i]`: [`interleave_add`] without the add,
+/// for a row that two column phases fill completely. Writes every element of `out`, which
+/// may start uninitialised (an input gradient whose rows are all written this way needs no
+/// zeroing first).
+#[inline]
+pub fn interleave(even: &[f32], odd: &[f32], out: &mut [MaybeUninit<f32>]) {
+    check_interleave(even, odd, out.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available, the lengths were checked, and without ADD the
+        // kernel only writes `out` (`MaybeUninit<f32>` has the layout of `f32`).
+        unsafe { x86::interleave::<false>(even, odd, out.as_mut_ptr().cast(), out.len()) };
+        return;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        o.write(if i % 2 == 0 { even[i / 2] } else { odd[i / 2] });
+    }
+}
+
+/// The lengths [`interleave`] and [`interleave_add`] need for an `n`-value row.
+#[inline(always)]
+fn check_interleave(even: &[f32], odd: &[f32], n: usize) {
+    assert!(
+        even.len() == n.div_ceil(2) && odd.len() == n / 2,
+        "interleave: lengths"
+    );
 }
 
 /// `dst[2 * i] = src[i]`, leaving the odd positions as they are: one column phase of a
@@ -185,12 +198,12 @@ mod x86 {
         }
     }
 
-    /// [`super::interleave_add`] (`ADD`) or [`super::interleave`]; the caller checked the
-    /// lengths.
+    /// [`super::interleave_add`] (`ADD`) or [`super::interleave`] into the `n` values at
+    /// `d`, which are read only with `ADD`; the caller checked the lengths.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn interleave<const ADD: bool>(even: &[f32], odd: &[f32], out: &mut [f32]) {
-        let (n, e, o, d) = (out.len(), even.as_ptr(), odd.as_ptr(), out.as_mut_ptr());
+    pub unsafe fn interleave<const ADD: bool>(even: &[f32], odd: &[f32], d: *mut f32, n: usize) {
+        let (e, o) = (even.as_ptr(), odd.as_ptr());
         // Lanes 0-15 of the result take even[0..8] and odd[0..8] in turn, lanes 16-31 the
         // next eight of each (index 16 + k picks lane k of the second operand).
         let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -309,8 +322,10 @@ mod tests {
             let even: Vec<f32> = (0..ne).map(|i| (2 * i) as f32).collect();
             let odd: Vec<f32> = (0..no).map(|i| (2 * i + 1) as f32).collect();
             // Start from -1: every element up to n is overwritten; guards past the end stay.
-            let mut out = vec![-1.0f32; n + 20];
+            let mut out = vec![MaybeUninit::new(-1.0f32); n + 20];
             interleave(&even, &odd, &mut out[..n]);
+            // SAFETY: every element was initialised above (and the first n overwritten).
+            let out = unsafe { crate::kernels::buffer::assume_init(out) };
             for (i, v) in out.iter().enumerate() {
                 let want = if i < n { i as f32 } else { -1.0 };
                 assert_eq!(*v, want, "n {n}, element {i}");
