@@ -642,8 +642,12 @@ fn a_diverging_method_is_marked_and_the_other_methods_go_on() {
 #[test]
 fn another_process_controls_the_run_through_its_folder_and_follows_its_log() {
     use selfdistill::store::follow::{append_control, EventFollower};
+    // Far longer than the test needs (thousands of steps): the trainer's process polls
+    // the control file every 150 ms, and a run that ended first (6 epochs of this tiny
+    // network take ~0.1 s on a fast machine) would never see the controls. The test
+    // ends it with a Stop sent the same way.
     let mut preset = tiny(r#""self""#, 1, "");
-    preset.train.epochs = 6;
+    preset.train.epochs = 400;
     let dir = tempfile::tempdir().unwrap();
     let opts = RunOptions {
         runs_dir: Some(dir.path().to_path_buf()),
@@ -677,8 +681,12 @@ fn another_process_controls_the_run_through_its_folder_and_follows_its_log() {
                 append_control(&run_dir, Control::Resume).unwrap();
                 resumed = true;
             }
+            TrainEvent::ControlApplied {
+                control: Control::Resume,
+                ..
+            } => append_control(&run_dir, Control::Stop).unwrap(),
             TrainEvent::Finished { status, .. } => {
-                assert_eq!(status, RunStatus::Finished);
+                assert_eq!(status, RunStatus::Stopped);
                 break;
             }
             _ => {}
@@ -699,7 +707,8 @@ fn another_process_controls_the_run_through_its_folder_and_follows_its_log() {
         vec![
             Control::Pause,
             Control::SetTemperature(1.5),
-            Control::Resume
+            Control::Resume,
+            Control::Stop
         ]
     );
     // The follower saw every essential event the live consumer saw, in order.
