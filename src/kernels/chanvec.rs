@@ -112,34 +112,68 @@ pub fn conv(
     if let Some(r) = map.epilogue.residual {
         assert_eq!(r.len(), y.len(), "chanvec: residual length");
     }
-    let mut sums = [0.0f32; ROW * BLOCK];
-    let mut column = [0.0f32; ROW];
+    #[cfg(target_arch = "x86_64")]
+    match (map.epilogue.residual.is_some(), map.epilogue.relu) {
+        (false, false) => blocks::<false, false>(x, offsets, packed, grid, map, y),
+        (false, true) => blocks::<false, true>(x, offsets, packed, grid, map, y),
+        (true, false) => blocks::<true, false>(x, offsets, packed, grid, map, y),
+        (true, true) => blocks::<true, true>(x, offsets, packed, grid, map, y),
+    }
+}
+
+/// [`conv`]'s tiles, block by block, with the residual add (`RES`) and ReLU chosen at
+/// compile time; the caller checked the shapes.
+#[cfg(target_arch = "x86_64")]
+fn blocks<const RES: bool, const RELU: bool>(
+    x: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    grid: Grid,
+    map: &Map,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let k = offsets.len();
+    let Grid {
+        ho,
+        wo,
+        row_step,
+        stride,
+    } = grid;
+    let plane = ho * wo;
     for (block, w) in packed.chunks_exact(k * BLOCK).enumerate() {
+        // The block's scale and shift as the tile's transposed registers hold channels:
+        // register r has channel `x86::channels(r).0` in its low eight lanes and `.1` in
+        // its high eight.
+        let lanes = |of: Option<&[f32]>, absent: f32| -> [[f32; LANES]; BLOCK / 2] {
+            std::array::from_fn(|r| {
+                let (lo, hi) = x86::channels(r);
+                let v = |c: usize| of.map_or(absent, |s| s[block * BLOCK + c]);
+                std::array::from_fn(|l| if l < ROW { v(lo) } else { v(hi) })
+            })
+        };
+        let (scale, shift) = (lanes(map.scale, 1.0), lanes(map.shift, 0.0));
         for oh in 0..ho {
             for ow in (0..wo).step_by(ROW) {
                 let base = oh * row_step + ow * stride;
-                // SAFETY: the asserts above bound every load (x up to the last output's
-                // base plus the largest offset) and the store (ROW * BLOCK sums); AVX-512F
-                // is available.
-                #[cfg(target_arch = "x86_64")]
+                let at = block * BLOCK * plane + oh * wo + ow;
+                let residual = map
+                    .epilogue
+                    .residual
+                    .map_or(std::ptr::null(), |r| r[at..].as_ptr());
+                // SAFETY: the asserts in `conv` bound every load of x (up to the last
+                // output's base plus the largest offset); the tile writes (and reads of the
+                // residual, shaped like y) ROW values of each of the block's channels from
+                // `at`, inside y (`wo` a multiple of ROW). AVX-512F is available.
                 unsafe {
-                    x86::tile(x.as_ptr().add(base), stride, offsets, w.as_ptr(), &mut sums)
+                    let out = x86::Out {
+                        y: y.as_mut_ptr().cast::<f32>().add(at),
+                        plane,
+                        scale: &scale,
+                        shift: &shift,
+                        residual,
+                    };
+                    x86::tile::<RES, RELU>(x.as_ptr().add(base), stride, offsets, w.as_ptr(), &out)
                 };
-                // The tile's sums, position-major, into the channel planes.
-                for c in 0..BLOCK {
-                    let co = block * BLOCK + c;
-                    let (kc, bc) = (
-                        map.scale.map_or(1.0, |s| s[co]),
-                        map.shift.map_or(0.0, |s| s[co]),
-                    );
-                    for (q, v) in column.iter_mut().enumerate() {
-                        *v = sums[q * BLOCK + c];
-                    }
-                    let at = co * plane + oh * wo + ow;
-                    let residual = map.epilogue.residual.map_or(&[][..], |r| &r[at..at + ROW]);
-                    map.epilogue
-                        .write(&mut y[at..at + ROW], &column, residual, |v| v * kc + bc);
-                }
             }
         }
     }
@@ -150,15 +184,38 @@ mod x86 {
     use super::{BLOCK, LANES, ROW};
     use std::arch::x86_64::*;
 
+    /// Channels (low, high) of transposed register `r` of a tile (see [`tile`]): half
+    /// `h = r / 8` of the block, lane pair `p = r / 4 % 2`, column `j = r % 4`.
+    pub fn channels(r: usize) -> (usize, usize) {
+        let (h, p, j) = (r / 8, r / 4 % 2, r % 4);
+        let lo = 16 * h + 8 * p + j;
+        (lo, lo + 4)
+    }
+
+    /// Where a tile's outputs go: channel `c`'s ROW values at `y + c * plane`, each
+    /// `v * scale + shift` (per channel, laid out as [`channels`] says), `+ residual` at the
+    /// same offset (with `RES`), then the ReLU (with `RELU`).
+    pub struct Out<'a> {
+        pub y: *mut f32,
+        pub plane: usize,
+        pub scale: &'a [[f32; LANES]; BLOCK / 2],
+        pub shift: &'a [[f32; LANES]; BLOCK / 2],
+        pub residual: *const f32,
+    }
+
     /// One tile: ROW positions (`stride` apart from `x`) by BLOCK channels, the full
-    /// reduction over the taps, stored position-major into `out`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile(
+    /// reduction over the taps, then transposed in registers (an 8 x 16 transpose per half
+    /// of the block: unpack, shuffle, and one two-source permute per result) so that each
+    /// result register holds two channels' ROW outputs, mapped and stored as `out` says.
+    /// The map is the batch-norm epilogue's expressions in the same order (mul, add, add
+    /// the residual, ReLU), so the bits are those of `Epilogue::write`.
+    #[target_feature(enable = "avx512f,avx2")]
+    pub unsafe fn tile<const RES: bool, const RELU: bool>(
         x: *const f32,
         stride: usize,
         offsets: &[usize],
         w: *const f32,
-        out: &mut [f32; ROW * BLOCK],
+        out: &Out,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; ROW];
         for (kk, off) in offsets.iter().enumerate() {
@@ -171,9 +228,79 @@ mod x86 {
                 a[1] = _mm512_fmadd_ps(w1, b, a[1]);
             }
         }
-        for (q, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.as_mut_ptr().add(q * BLOCK), a[0]);
-            _mm512_storeu_ps(out.as_mut_ptr().add(q * BLOCK + LANES), a[1]);
+        let zero = _mm512_setzero_ps();
+        for h in 0..2 {
+            let p: [__m512; ROW] = std::array::from_fn(|q| acc[q][h]);
+            // Per 128-bit lane L (channels 4L..4L+4 of the half): t holds pairs of
+            // positions, u[j] channel 4L + j at positions 0-3 (j < 4) or 4-7 (j >= 4).
+            let t = [
+                _mm512_unpacklo_ps(p[0], p[1]),
+                _mm512_unpackhi_ps(p[0], p[1]),
+                _mm512_unpacklo_ps(p[2], p[3]),
+                _mm512_unpackhi_ps(p[2], p[3]),
+                _mm512_unpacklo_ps(p[4], p[5]),
+                _mm512_unpackhi_ps(p[4], p[5]),
+                _mm512_unpacklo_ps(p[6], p[7]),
+                _mm512_unpackhi_ps(p[6], p[7]),
+            ];
+            let u = [
+                _mm512_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm512_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm512_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm512_shuffle_ps::<0xEE>(t[1], t[3]),
+                _mm512_shuffle_ps::<0x44>(t[4], t[6]),
+                _mm512_shuffle_ps::<0xEE>(t[4], t[6]),
+                _mm512_shuffle_ps::<0x44>(t[5], t[7]),
+                _mm512_shuffle_ps::<0xEE>(t[5], t[7]),
+            ];
+            for lp in 0..2i32 {
+                // Lanes 2lp and 2lp + 1 of u[j] and u[j + 4]: channel 8lp + j's eight
+                // outputs, then channel 8lp + 4 + j's.
+                let b = 8 * lp;
+                let pick = _mm512_setr_epi32(
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    16 + b,
+                    17 + b,
+                    18 + b,
+                    19 + b,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    20 + b,
+                    21 + b,
+                    22 + b,
+                    23 + b,
+                );
+                for j in 0..4 {
+                    let r = h * 8 + lp as usize * 4 + j;
+                    let (lo, hi) = channels(r);
+                    let mut v = _mm512_permutex2var_ps(u[j], pick, u[j + 4]);
+                    v = _mm512_add_ps(
+                        _mm512_mul_ps(v, _mm512_loadu_ps(out.scale[r].as_ptr())),
+                        _mm512_loadu_ps(out.shift[r].as_ptr()),
+                    );
+                    if RES {
+                        let low = _mm256_loadu_ps(out.residual.add(lo * out.plane));
+                        let high = _mm256_loadu_ps(out.residual.add(hi * out.plane));
+                        let both = _mm512_insertf64x4::<1>(
+                            _mm512_castpd256_pd512(_mm256_castps_pd(low)),
+                            _mm256_castps_pd(high),
+                        );
+                        v = _mm512_add_ps(v, _mm512_castpd_ps(both));
+                    }
+                    if RELU {
+                        // v <= 0 (false for NaN) becomes +0.
+                        v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, zero), zero);
+                    }
+                    _mm256_storeu_ps(out.y.add(lo * out.plane), _mm512_castps512_ps256(v));
+                    let top = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+                    _mm256_storeu_ps(out.y.add(hi * out.plane), _mm256_castpd_ps(top));
+                }
+            }
         }
     }
 }
@@ -207,7 +334,13 @@ mod tests {
                 row_step,
                 stride,
             };
-            for (mapped, with_residual, relu) in [(false, false, false), (true, true, true)] {
+            for (mapped, with_residual, relu) in [
+                (false, false, false),
+                (true, false, false),
+                (true, false, true),
+                (true, true, false),
+                (true, true, true),
+            ] {
                 let map = Map {
                     scale: mapped.then_some(&scale[..]),
                     shift: mapped.then_some(&shift[..]),
