@@ -10,7 +10,7 @@
 //! vectors, 16 accumulators): each tap loads two vectors of weights and broadcasts one input
 //! value per position straight from the padded planes, `stride` apart. No phase split, no
 //! junk, no partial tiles; the price is a transpose of each tile's `ROW x BLOCK` sums into
-//! the NCHW output, small against the taps when there are many. A stride-1 layer with 8x8
+//! the NCHW output (in registers), small against the taps when there are many. A stride-1 layer with 8x8
 //! outputs has the same junk on the direct kernel's padded-width grid (72 positions, 80
 //! computed, for 64 outputs).
 //!
