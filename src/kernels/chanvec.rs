@@ -229,8 +229,10 @@ mod x86 {
             }
         }
         let zero = _mm512_setzero_ps();
-        for h in 0..2 {
-            let p: [__m512; ROW] = std::array::from_fn(|q| acc[q][h]);
+        // Each half of the block: its 16 channels at the ROW positions.
+        let halves: [[__m512; ROW]; 2] =
+            std::array::from_fn(|h| std::array::from_fn(|q| acc[q][h]));
+        for (h, p) in halves.iter().enumerate() {
             // Per 128-bit lane L (channels 4L..4L+4 of the half): t holds pairs of
             // positions, u[j] channel 4L + j at positions 0-3 (j < 4) or 4-7 (j >= 4).
             let t = [

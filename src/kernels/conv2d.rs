@@ -754,16 +754,18 @@ impl Stride1 {
 
     /// The direct kernel's operands for `weight` (`[c_out, c_in, kh, kw]`), when it runs
     /// here: AVX-512 and whole panels of output channels.
-    fn direct(&self, weight: &[f32]) -> Option<Direct> {
+    fn direct(&self, weight: &[f32]) -> Option<DenseDirect> {
         if !direct::available() || !self.c_out.is_multiple_of(direct::NR) {
             return None;
         }
         // Tap (ci, i, j) of output position p reads xpad[p + offset], in the weight's order.
         let offsets = self.planes().tap_offsets(self.kh);
-        Some(Direct {
-            packed: direct::pack(weight, self.c_out, offsets.len()),
-            offsets,
-            dense: Some(direct::Dense::new(self.ho, self.wp, self.wo)),
+        Some(DenseDirect {
+            direct: Direct {
+                packed: direct::pack(weight, self.c_out, offsets.len()),
+                offsets,
+            },
+            dense: direct::Dense::new(self.ho, self.wp, self.wo),
         })
     }
 
@@ -785,21 +787,12 @@ impl Stride1 {
         y: &mut [MaybeUninit<f32>],
         padded: &mut Padded,
         wide: &mut Vec<f32>,
-        direct: Option<&Direct>,
+        direct: Option<&DenseDirect>,
     ) {
         if let Some(d) = direct {
             let xpad = self.padded_plane(x, padded);
-            if let Some(dense) = &d.dense {
-                direct::conv_dense(&xpad, &d.offsets, &d.packed, y, dense, map.ops());
-                self.give_back_plane(xpad, padded);
-                return;
-            }
-            // Rows of the wide output rounded up to whole vectors (the kernel's last tile).
-            let ld = direct::padded_len(self.lp);
-            let wide = buf(wide, self.c_out * ld);
-            direct::conv(&xpad, &d.offsets, &d.packed, wide, self.lp, ld);
+            d.conv(&xpad, map, y);
             self.give_back_plane(xpad, padded);
-            self.compact(wide, ld, map, y);
             return;
         }
         let copies = self.row_copies(x, padded);
@@ -1237,12 +1230,14 @@ impl Phased {
     }
 
     /// The direct kernel's operands for `weight`.
-    fn direct(&self, weight: &[f32]) -> Direct {
+    fn direct(&self, weight: &[f32]) -> DenseDirect {
         let offsets = self.offsets();
-        Direct {
-            packed: direct::pack(weight, self.s.c_out, offsets.len()),
-            offsets,
-            dense: Some(direct::Dense::new(self.ho, self.wr, self.wo)),
+        DenseDirect {
+            direct: Direct {
+                packed: direct::pack(weight, self.s.c_out, offsets.len()),
+                offsets,
+            },
+            dense: direct::Dense::new(self.ho, self.wr, self.wo),
         }
     }
 
@@ -1308,22 +1303,12 @@ impl Phased {
     fn forward_sample(
         &self,
         x: &[f32],
-        d: &Direct,
+        d: &DenseDirect,
         map: &OutputMap,
         y: &mut [MaybeUninit<f32>],
         padded: &mut Padded,
-        wide: &mut Vec<f32>,
     ) {
-        let phases = self.phases(x, padded);
-        if let Some(dense) = &d.dense {
-            direct::conv_dense(phases, &d.offsets, &d.packed, y, dense, map.ops());
-            return;
-        }
-        let lp = self.ho * self.wr;
-        let ld = direct::padded_len(lp);
-        let wide = buf(wide, self.s.c_out * ld);
-        direct::conv(phases, &d.offsets, &d.packed, wide, lp, ld);
-        compact(wide, ld, self.wr, [self.ho, self.wo], map, y);
+        d.conv(self.phases(x, padded), map, y);
     }
 }
 
@@ -1453,7 +1438,6 @@ impl PhasedDx {
                     direct: Direct {
                         packed: direct::pack(&w, s.c_in, k),
                         offsets,
-                        dense: None,
                     },
                 });
             }
@@ -1587,11 +1571,23 @@ impl PhasedDx {
 struct Direct {
     packed: Vec<f32>,
     offsets: Vec<usize>,
-    /// Where the outputs lie on the kernel's wide grid, for writing them (through the
-    /// output map) straight into the dense output ([`direct::conv_dense`]): the compaction
-    /// pass that was otherwise left (6-7% of a ResNet-20 training step) goes. `None` for
-    /// uses that need the wide grid.
-    dense: Option<direct::Dense>,
+}
+
+/// A forward convolution's [`Direct`] operands and where its outputs lie on the kernel's
+/// wide grid: the kernel writes them (through the output map) straight into the dense
+/// output ([`direct::conv_dense`]), so no compaction pass follows (it was 6-7% of a
+/// ResNet-20 training step).
+struct DenseDirect {
+    direct: Direct,
+    dense: direct::Dense,
+}
+
+impl DenseDirect {
+    /// One sample's convolution of its padded (or phase) planes `x` into `y`.
+    fn conv(&self, x: &[f32], map: &OutputMap, y: &mut [MaybeUninit<f32>]) {
+        let Direct { packed, offsets } = &self.direct;
+        direct::conv_dense(x, offsets, packed, y, &self.dense, map.ops());
+    }
 }
 
 /// Weight-gradient values per task when summing the chunks' partials.
@@ -1744,8 +1740,7 @@ fn forward_with(
     } else if let Some(g) = Phased::of(s).filter(|_| kernel == Kernel::Best) {
         let direct = g.direct(weight);
         per_sample(&|xn, yn, map, scratch| {
-            let Scratch { padded, wide, .. } = scratch;
-            g.forward_sample(xn, &direct, map, yn, padded, wide);
+            g.forward_sample(xn, &direct, map, yn, &mut scratch.padded);
         });
     } else {
         let segs = d.segments();
@@ -2352,7 +2347,7 @@ mod tests {
                     } else {
                         let g = Phased::of(s).unwrap();
                         let direct = g.direct(&w);
-                        g.forward_sample(xn, &direct, &m, yn, &mut padded, &mut wide);
+                        g.forward_sample(xn, &direct, &m, yn, &mut padded);
                     }
                 }
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
