@@ -1155,9 +1155,11 @@ impl ChanTiles {
 
 /// Fewest taps (`c_in * kh * kw`) for which a stride-1 convolution with few channels runs
 /// on the direct kernel rather than im2col + `gemm`: with 2 threads, batch 64, 3x3 kernels,
-/// 3 input channels (27 taps) ran 0.81x (16 outputs) and 0.95x (32) of im2col's time, and
-/// 1 input channel (9 taps, 28x28) 1.10x.
-const DIRECT_MIN_TAPS: usize = 16;
+/// 3 input channels (27 taps) ran 0.81x (16 outputs) and 0.95x (32) of im2col's time. One
+/// input channel (9 taps, 28x28, 8 outputs: the Fashion-MNIST CNN's first layer) ran 1.10x
+/// while the direct kernel's output needed a compaction pass, 0.56x since it stores straight
+/// into the dense output.
+const DIRECT_MIN_TAPS: usize = 9;
 
 /// Geometry of a convolution run by the direct kernel on phase planes (strided, or stride
 /// 1 with too few channels for [`Stride1`]: then one plane per channel, the padded input).
@@ -2194,8 +2196,9 @@ mod tests {
             s(1, 8, 4, 4, 2, 2, 2, [2, 2], [2, 2]),
             s(1, 8, 9, 9, 2, 5, 5, [2, 2], [2, 2]),
             s(2, 8, 8, 7, 4, 3, 3, [2, 2], [0, 0]), // paired phases, a row no window reaches
-            // Stride 1 with few input channels (an RGB input layer): one phase plane.
+            // Stride 1 with few input channels (an RGB or grey input layer): one phase plane.
             s(2, 3, 8, 7, 8, 3, 3, [1, 1], [1, 1]),
+            s(3, 1, 9, 6, 8, 3, 3, [1, 1], [1, 1]),
             s(2, 3, 5, 6, 16, 3, 2, [1, 1], [0, 1]),
             // Whole vectors of output channels for the weight-gradient kernel: its three
             // tile heights (16, 32 and 64 channels), strided, pointwise-strided, and an
@@ -2293,6 +2296,11 @@ mod tests {
                 phased_dx.len()
             );
             assert!(chan_tiles >= 9, "channels-in-vector shapes: {chan_tiles}");
+            // A grey input layer (one channel, 9 taps) on the direct kernel.
+            assert!(shapes()
+                .iter()
+                .filter(|s| s.stride == [1, 1] && s.c_in * s.kh * s.kw < 16)
+                .any(|s| Phased::of(s).is_some()));
             let chan_dx = shapes()
                 .iter()
                 .filter_map(Stride1::of)
