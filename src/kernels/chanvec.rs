@@ -19,7 +19,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::batch_norm::Epilogue;
+use super::OutputMap;
 
 /// Output channels per tile (and per packed weight block): two vectors.
 pub const BLOCK: usize = 32;
@@ -62,15 +62,6 @@ pub struct Grid {
     pub stride: usize,
 }
 
-/// Per-channel `v * scale + shift` (1 and 0 when absent), then the epilogue (residual of
-/// the output's shape, ReLU), with the batch-norm kernel's f32 expressions.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Map<'a> {
-    pub scale: Option<&'a [f32]>,
-    pub shift: Option<&'a [f32]>,
-    pub epilogue: Epilogue<'a>,
-}
-
 /// One sample's convolution into `y` (`[c_out, ho, wo]`, every element written), mapped by
 /// `map`. `packed` from [`pack`] with `offsets.len()` taps.
 ///
@@ -80,7 +71,7 @@ pub fn conv(
     offsets: &[usize],
     packed: &[f32],
     grid: Grid,
-    map: &Map,
+    map: &OutputMap,
     y: &mut [MaybeUninit<f32>],
 ) {
     let k = offsets.len();
@@ -129,7 +120,7 @@ fn blocks<const RES: bool, const RELU: bool>(
     offsets: &[usize],
     packed: &[f32],
     grid: Grid,
-    map: &Map,
+    map: &OutputMap,
     y: &mut [MaybeUninit<f32>],
 ) {
     let k = offsets.len();
@@ -310,6 +301,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::batch_norm::Epilogue;
 
     /// Every output is the sum it defines (small integers and halves: exact whatever the
     /// order), mapped as the batch-norm epilogue maps it, and every output is written.
@@ -343,7 +335,7 @@ mod tests {
                 (true, true, false),
                 (true, true, true),
             ] {
-                let map = Map {
+                let map = OutputMap {
                     scale: mapped.then_some(&scale[..]),
                     shift: mapped.then_some(&shift[..]),
                     epilogue: Epilogue {

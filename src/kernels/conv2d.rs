@@ -36,6 +36,7 @@ use super::chanvec;
 use super::direct;
 use super::simd::{copy_short, deinterleave, interleave, interleave_add, scatter_even, vectorized};
 use super::wgrad;
+pub use super::OutputMap;
 
 /// Samples per weight-gradient partial sum (fixed so that the summation order, and with it
 /// every bit of the result, is the same whatever the thread count).
@@ -55,40 +56,12 @@ pub struct Conv2dShape {
     pub pad: [usize; 2],
 }
 
-/// What the forward pass does to each output value as it writes it: `v * scale[c] +
-/// shift[c]` (a convolution's bias is a shift; an inference-mode batch norm folds into
-/// both), then the batch norm's [`Epilogue`] (plus the residual's value, ReLU). The direct
-/// kernels' outputs go through a compaction pass anyway (dropping junk columns); doing the
-/// batch norm there, while the sample's output is in cache, saves the separate pass over
-/// the whole activation that reads it back from memory.
-///
-/// Each value is `v * scale + shift` in f32 with the epilogue of the batch-norm kernel, the
-/// same expressions as [`super::batch_norm::scale_shift`] after [`forward`]: fused and
-/// separate give the same bits.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OutputMap<'a> {
-    pub scale: Option<&'a [f32]>,
-    pub shift: Option<&'a [f32]>,
-    /// Residual: output-shaped (all samples).
-    pub epilogue: Epilogue<'a>,
-}
-
 impl<'a> OutputMap<'a> {
     /// Just a bias (or nothing).
     pub fn bias(bias: Option<&'a [f32]>) -> Self {
         OutputMap {
             shift: bias,
             ..Default::default()
-        }
-    }
-
-    /// The same map for [`direct::conv_dense`].
-    fn ops(&self) -> direct::OutputOps<'a> {
-        direct::OutputOps {
-            scale: self.scale,
-            shift: self.shift,
-            residual: self.epilogue.residual,
-            relu: self.epilogue.relu,
         }
     }
 
@@ -1143,12 +1116,7 @@ impl ChanTiles {
         padded: &mut Padded,
     ) {
         let xpad = self.planes.build(x, padded);
-        let map = chanvec::Map {
-            scale: map.scale,
-            shift: map.shift,
-            epilogue: map.epilogue,
-        };
-        chanvec::conv(&xpad, &self.offsets, packed, self.grid, &map, y);
+        chanvec::conv(&xpad, &self.offsets, packed, self.grid, map, y);
         self.planes.give_back(xpad, padded);
     }
 }
@@ -1588,7 +1556,7 @@ impl DenseDirect {
     /// One sample's convolution of its padded (or phase) planes `x` into `y`.
     fn conv(&self, x: &[f32], map: &OutputMap, y: &mut [MaybeUninit<f32>]) {
         let Direct { packed, offsets } = &self.direct;
-        direct::conv_dense(x, offsets, packed, y, &self.dense, map.ops());
+        direct::conv_dense(x, offsets, packed, y, &self.dense, map);
     }
 }
 

@@ -12,6 +12,8 @@
 //! Each output is one chain of multiply-adds over the taps in a fixed order, so results do
 //! not depend on threads or tiling.
 
+use super::OutputMap;
+
 /// Output channels per tile (and per packed weight panel).
 pub const NR: usize = 8;
 
@@ -136,21 +138,9 @@ impl Dense {
     }
 }
 
-/// What [`conv_dense`] does to each output before storing it: `v * scale[c] + shift[c]`
-/// (1 and 0 where absent), then `+ residual` (shaped like the output), then a ReLU (`v <= 0`
-/// becomes +0, NaN stays): the expressions and rounding of the batch-norm kernel's
-/// `Epilogue::write_affine`, which the convolution's separate output pass used, so the bits
-/// are the same.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OutputOps<'a> {
-    pub scale: Option<&'a [f32]>,
-    pub shift: Option<&'a [f32]>,
-    pub residual: Option<&'a [f32]>,
-    pub relu: bool,
-}
-
 /// [`conv`] over the `dense.n` wide positions of `dense`'s grid, each channel's outputs
-/// mapped by `ops` and written straight into its dense plane of `out` (`[c_out, ho * wo]`,
+/// mapped by `map` (with the batch-norm epilogue's operations in its order, so the bits are
+/// those of mapping the wide output afterwards) and written straight into its dense plane of `out` (`[c_out, ho * wo]`,
 /// every element written) instead of onto the wide grid: the junk columns are dropped as
 /// the tile is stored, with no pass over the output afterwards. `x` must hold
 /// `offsets.max() + dense.n` rounded up to a whole vector.
@@ -162,7 +152,7 @@ pub fn conv_dense(
     packed: &[f32],
     out: &mut [std::mem::MaybeUninit<f32>],
     dense: &Dense,
-    ops: OutputOps,
+    map: &OutputMap,
 ) {
     let k = offsets.len();
     assert!(available(), "direct conv kernel needs AVX-512F");
@@ -174,14 +164,14 @@ pub fn conv_dense(
         c_out * dense.plane,
         "direct conv: dense output length"
     );
-    for (what, v) in [("scale", ops.scale), ("shift", ops.shift)] {
+    for (what, v) in [("scale", map.scale), ("shift", map.shift)] {
         assert!(
             v.is_none_or(|v| v.len() == c_out),
             "direct conv: {what} length"
         );
     }
     assert!(
-        ops.residual.is_none_or(|r| r.len() == out.len()),
+        map.epilogue.residual.is_none_or(|r| r.len() == out.len()),
         "direct conv: residual length"
     );
     let max_off = offsets.iter().copied().max().unwrap_or(0);
@@ -190,11 +180,11 @@ pub fn conv_dense(
         "direct conv: input too short"
     );
     #[cfg(target_arch = "x86_64")]
-    match (ops.residual.is_some(), ops.relu) {
-        (false, false) => panels::<false, false>(x, offsets, packed, out, dense, ops),
-        (false, true) => panels::<false, true>(x, offsets, packed, out, dense, ops),
-        (true, false) => panels::<true, false>(x, offsets, packed, out, dense, ops),
-        (true, true) => panels::<true, true>(x, offsets, packed, out, dense, ops),
+    match (map.epilogue.residual.is_some(), map.epilogue.relu) {
+        (false, false) => panels::<false, false>(x, offsets, packed, out, dense, map),
+        (false, true) => panels::<false, true>(x, offsets, packed, out, dense, map),
+        (true, false) => panels::<true, false>(x, offsets, packed, out, dense, map),
+        (true, true) => panels::<true, true>(x, offsets, packed, out, dense, map),
     }
 }
 
@@ -207,16 +197,17 @@ fn panels<const RES: bool, const RELU: bool>(
     packed: &[f32],
     out: &mut [std::mem::MaybeUninit<f32>],
     dense: &Dense,
-    ops: OutputOps,
+    map: &OutputMap,
 ) {
     let k = offsets.len();
     let n = dense.n;
     for (panel, w) in packed.chunks_exact(k * NR).enumerate() {
         let channel = |c: usize| panel * NR + c;
-        let scale: [f32; NR] = std::array::from_fn(|c| ops.scale.map_or(1.0, |s| s[channel(c)]));
-        let shift: [f32; NR] = std::array::from_fn(|c| ops.shift.map_or(0.0, |s| s[channel(c)]));
+        let scale: [f32; NR] = std::array::from_fn(|c| map.scale.map_or(1.0, |s| s[channel(c)]));
+        let shift: [f32; NR] = std::array::from_fn(|c| map.shift.map_or(0.0, |s| s[channel(c)]));
         let first = panel * NR * dense.plane;
-        let residual = ops
+        let residual = map
+            .epilogue
             .residual
             .map_or(std::ptr::null(), |r| r[first..].as_ptr());
         let mut p = 0;
@@ -315,7 +306,7 @@ mod x86 {
 
     /// One tile into dense planes (`plane` apart): vector `v`'s lanes in `masks[v]`,
     /// compressed (in a register: the memory form is slow on some CPUs), mapped as
-    /// [`super::OutputOps`] says and stored from `starts[v]`.
+    /// [`super::OutputMap`] says and stored from `starts[v]`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile_dense<const NV: usize, const RES: bool, const RELU: bool>(
         x: *const f32,
@@ -424,11 +415,13 @@ mod tests {
                 (true, true, false),
                 (true, true, true),
             ] {
-                let ops = OutputOps {
+                let map = OutputMap {
                     scale: mapped.then_some(&scale[..]),
                     shift: mapped.then_some(&shift[..]),
-                    residual: res.then_some(&residual[..]),
-                    relu,
+                    epilogue: Epilogue {
+                        residual: res.then_some(&residual[..]),
+                        relu,
+                    },
                 };
                 let mut dense = vec![MaybeUninit::new(f32::NAN); c_out * plane];
                 conv_dense(
@@ -437,16 +430,13 @@ mod tests {
                     &packed,
                     &mut dense,
                     &Dense::new(ho, wp, wo),
-                    ops,
+                    &map,
                 );
                 // SAFETY: initialised as NaN above; a value left unwritten stays NaN.
                 let dense = unsafe { super::super::buffer::assume_init(dense) };
                 // What the separate pass wrote: each wide row through the batch-norm
                 // kernel's affine epilogue.
-                let epilogue = Epilogue {
-                    residual: ops.residual,
-                    relu,
-                };
+                let epilogue = map.epilogue;
                 let mut want = vec![MaybeUninit::new(f32::NAN); c_out * plane];
                 for (co, rows) in want.chunks_exact_mut(plane).enumerate() {
                     let (kc, bc) = (scale[co], shift[co]);
