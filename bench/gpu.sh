@@ -11,9 +11,8 @@
 #      PYTHON (an interpreter that already has torch with CUDA: no venv, nothing downloaded).
 #
 # On a GPU machine with no cargo and no package index (a rented box, a lab image):
-#   here:   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda
-#           strip -o sd-cuda target/release/selfdistill && gzip sd-cuda    # 94 MB -> ~18 MB
-#   there:  BIN=./sd-cuda.gz PYTHON=python3 bench/gpu.sh --data-dir DIR_WITH_cifar10
+#   here:   bench/pack_cuda.sh     # target/cuda/selfdistill.gz (~18 MB) and its COMMIT
+#   there:  BIN=target/cuda/selfdistill.gz PYTHON=python3 bench/gpu.sh --data-dir DIR_WITH_cifar10
 # (a BIN ending in .gz is unpacked first). Each selfdistill process compiles its CUDA kernels
 # at start-up; PAIR=run ROUNDS=2 keeps that to four processes where time is short.
 # Without CIFAR-10 (none under --data-dir and no download possible) the preset run is the
@@ -43,6 +42,9 @@ if [[ -z "${SKIP_BUILD:-}" ]] && ! command -v cargo >/dev/null; then
   echo "cargo not found: build with --features cuda on another machine and give the binary as BIN=path" >&2
   exit 1
 fi
+# bench/pack_cuda.sh leaves COMMIT beside the binary: which code is measured.
+BUILT_FROM=""
+[[ -f "$(dirname "$BIN")/COMMIT" ]] && BUILT_FROM=$(cat "$(dirname "$BIN")/COMMIT")
 if [[ "$BIN" == *.gz ]]; then
   unpacked="${TMPDIR:-/tmp}/selfdistill-cuda-$$"
   trap 'rm -f "$unpacked"' EXIT
@@ -66,6 +68,13 @@ if [[ -z "${CUDARC_CUDA_VERSION:-}" ]]; then
   export CUDARC_CUDA_VERSION=$(( major * 1000 + minor * 10 ))
 fi
 { echo "CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION"; nproc; grep -m1 'model name' /proc/cpuinfo; } | tee -a "$OUT/env.txt"
+if [[ -n "$BUILT_FROM" ]]; then
+  echo "binary built from: $BUILT_FROM" | tee -a "$OUT/env.txt"
+  head=$(git rev-parse HEAD 2>/dev/null || true)
+  if [[ -n "$head" && "${BUILT_FROM%% *}" != "$head" ]]; then
+    echo "warning: the binary was built from ${BUILT_FROM%% *}, this checkout is $head" | tee -a "$OUT/env.txt" >&2
+  fi
+fi
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
   stamp "cargo build --release --features cuda"
