@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The CUDA build's code path, run without an NVIDIA GPU. `--features cuda` trains on
+# Burn's fused CubeCL backend (`Fusion<CubeBackend<CudaRuntime>>`) through the same generic
+# code (our `KernelBackend` defaults, the trainer, the KD loss, the bench) that any CubeCL
+# runtime runs. This script builds a copy of HEAD with that runtime swapped for wgpu
+# (`Fusion<CubeBackend<WgpuRuntime>>`), runs it on Mesa's lavapipe (Vulkan on the CPU),
+# and checks that every benchmark case and a short distillation run (teachers, KD, the
+# self method's replacements) complete. What it cannot check: NVRTC's compilation of the
+# kernels, cudarc and the driver; those need a GPU (bench/gpu.sh).
+#
+#   bench/cubecl_check.sh          # ~10 min build on 2 cores (once), ~3 min of runs
+#
+# Env: OUT (bench/out/cubecl-<date>), TARGET (target/cubecl-check: kept between runs).
+# Needs: mesa-vulkan-drivers and libvulkan1 (installed with apt-get when missing, as root).
+# The copy is patched in 5 places (checked: the script stops if the code moved); the
+# labels it prints say `cuda`, which here means the wgpu runtime.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT="${OUT:-bench/out/cubecl-$(date -u +%Y%m%dT%H%M%SZ)}"
+TARGET="${TARGET:-$ROOT/target/cubecl-check}"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+if ! dpkg -s mesa-vulkan-drivers libvulkan1 >/dev/null 2>&1; then
+  apt-get install -y --no-install-recommends mesa-vulkan-drivers libvulkan1 >"$OUT/apt.log" 2>&1 \
+    || { echo "need mesa-vulkan-drivers and libvulkan1 (apt-get install them as root)" >&2; exit 1; }
+fi
+# wgpu's Vulkan loader wants a runtime dir (none in a plain SSH or CI shell).
+if [[ -z "${XDG_RUNTIME_DIR:-}" || ! -d "$XDG_RUNTIME_DIR" ]]; then
+  export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/selfdistill-xdg-$UID"
+  mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+fi
+
+SRC=$(mktemp -d "${TMPDIR:-/tmp}/selfdistill-cubecl-XXXXXX")
+trap 'rm -rf "$SRC"' EXIT
+git archive HEAD | tar -x -C "$SRC"
+commit=$(git rev-parse --short HEAD)
+
+# file, text, replacement: each must match.
+patch() {
+  local file="$SRC/$1"
+  grep -qF -- "$2" "$file" || { echo "cubecl_check: '$2' not found in $1: update this script" >&2; exit 1; }
+  python3 - "$file" "$2" "$3" <<'EOF'
+import sys
+path, old, new = sys.argv[1:]
+text = open(path).read()
+open(path, "w").write(text.replace(old, new))
+EOF
+}
+patch Cargo.toml 'cuda = ["burn/cuda"]' 'cuda = ["burn/wgpu"]'
+patch src/model/ops.rs 'impl KernelBackend for burn::backend::Cuda {}' 'impl KernelBackend for burn::backend::Wgpu {}'
+for f in src/train/trainer.rs src/bench.rs; do
+  patch "$f" 'use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};' 'use burn::backend::{wgpu::WgpuDevice, Autodiff, Wgpu as Cuda};'
+  patch "$f" 'CudaDevice::new(0)' 'WgpuDevice::default()'
+done
+patch src/train/backend.rs 'use burn::backend::{cuda::CudaDevice, Cuda};' 'use burn::backend::{wgpu::WgpuDevice, Wgpu as Cuda};'
+patch src/train/backend.rs 'CudaDevice::new(0)' 'WgpuDevice::default()'
+
+echo "== build (HEAD $commit, CubeCL on wgpu) -> $TARGET" >&2
+(cd "$SRC" && CARGO_TARGET_DIR="$TARGET" cargo build --release --features cuda) 2>&1 | tail -n 3 | tee "$OUT/build.log"
+BIN="$TARGET/release/selfdistill"
+vulkaninfo_line=$(ls /usr/share/vulkan/icd.d/ 2>/dev/null | tr '\n' ' ')
+{ echo "HEAD $commit; CubeCL runtime: wgpu on Vulkan ICDs: $vulkaninfo_line"; nproc; grep -m1 'model name' /proc/cpuinfo; } | tee "$OUT/env.txt"
+
+status=0
+echo "== bench: every case of both models, batch 8" >&2
+if ! timeout 900 "$BIN" bench --backend cuda --models resnet20,cnn --cases train,train-kd,infer \
+     --batch 8 --threads 2 --reps 1 --steps 2 --warmup 1 --min-time 0 --json "$OUT/bench.json" \
+     >"$OUT/bench.txt" 2>"$OUT/bench.err"; then
+  echo "bench FAILED (see $OUT/bench.err)" >&2; status=1
+fi
+cat "$OUT/bench.txt"
+
+echo "== run: quick, 2 epochs, 2 generations (teachers, KD, replacements)" >&2
+sed 's/^epochs = .*/epochs = 2/; s/^generations = .*/generations = 2/' presets/quick.toml >"$OUT/quick2.toml"
+if timeout 900 "$BIN" run --preset "$OUT/quick2.toml" --backend cuda --headless --runs-dir "$OUT/runs" \
+     >"$OUT/run.log" 2>&1 && ls "$OUT"/runs/*/summary.json >/dev/null 2>&1; then
+  tail -n 9 "$OUT/run.log"
+else
+  echo "run FAILED (see $OUT/run.log)" >&2; tail -n 20 "$OUT/run.log" >&2; status=1
+fi
+echo "== done ($([[ $status == 0 ]] && echo passed || echo FAILED)); results in $OUT" >&2
+exit $status
