@@ -11,7 +11,8 @@
 #   bench/cubecl_check.sh          # ~10 min build on 2 cores (once), ~3 min of runs
 #
 # Env: OUT (bench/out/cubecl-<date>), TARGET (target/cubecl-check: kept between runs).
-# Needs: mesa-vulkan-drivers and libvulkan1 (installed with apt-get when missing, as root).
+# Needs: mesa-vulkan-drivers and libvulkan1 (installed with apt-get when missing) and python3.
+# CI runs it (.ci/run) so the GPU code path is exercised at every change.
 # The copy is patched in 5 places (checked: the script stops if the code moved); the
 # labels it prints say `cuda`, which here means the wgpu runtime.
 set -euo pipefail
@@ -23,8 +24,13 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 if ! dpkg -s mesa-vulkan-drivers libvulkan1 >/dev/null 2>&1; then
-  apt-get install -y --no-install-recommends mesa-vulkan-drivers libvulkan1 >"$OUT/apt.log" 2>&1 \
-    || { echo "need mesa-vulkan-drivers and libvulkan1 (apt-get install them as root)" >&2; exit 1; }
+  sudo=""
+  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+  echo "installing Debian packages: mesa-vulkan-drivers libvulkan1" >&2
+  { $sudo apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+           mesa-vulkan-drivers libvulkan1; } >"$OUT/apt.log" 2>&1 \
+    || { echo "need mesa-vulkan-drivers and libvulkan1 (see $OUT/apt.log)" >&2; exit 1; }
 fi
 # wgpu's Vulkan loader wants a runtime dir (none in a plain SSH or CI shell).
 if [[ -z "${XDG_RUNTIME_DIR:-}" || ! -d "$XDG_RUNTIME_DIR" ]]; then

@@ -6,7 +6,7 @@
 #   bench/gpu.sh [--data-dir DIR]      # DIR holds cifar10/ (or it is downloaded there)
 #
 # Env: EPOCHS (3), GENERATIONS (preset's 3), ROUNDS (3), BATCH (64,128), RUN_TIMEOUT (300 s),
-#      SKIP_BUILD=1, SKIP_BENCH=1, SKIP_RUN=1, CUDARC_CUDA_VERSION (default: from nvidia-smi),
+#      SKIP_BUILD=1, SKIP_BENCH=1, SKIP_RUN=1, SKIP_REPRO=1, REPRO_TIMEOUT (90 s), CUDARC_CUDA_VERSION (default: from nvidia-smi),
 #      BIN (a `--features cuda` binary built on another machine; implies SKIP_BUILD),
 #      PYTHON (an interpreter that already has torch with CUDA: no venv, nothing downloaded).
 #
@@ -126,6 +126,44 @@ if [[ -z "${SKIP_RUN:-}" ]]; then
   grep -E "Elapsed|Maximum resident" "$OUT/run.time" || true
   stamp "run exit status $rc (124/130 = stopped by the timeout)"
   (( rc == 0 || status != 0 )) || status=$rc
+fi
+if [[ -z "${SKIP_REPRO:-}" ]]; then
+  # Same seed, same numbers? CubeCL keeps its autotune choices in a cache on disk (here
+  # ./target/autotune; outside a Cargo project ~/.cache/cubecl), and on wgpu a run with a
+  # cache other runs had filled gave other numbers (BENCHMARKS "CUDA"). `quick` cut to one
+  # epoch and one generation, three times: two with empty caches, one with the cache this
+  # script's earlier steps filled. Same metrics.csv -> "same".
+  stamp "reproducibility: quick, 1 epoch, 3 runs (timeout ${REPRO_TIMEOUT:-90}s each)"
+  repro="$OUT/repro"
+  mkdir -p "$repro"
+  repro=$(cd "$repro" && pwd)
+  bin=$(realpath "$BIN")
+  sed 's/^epochs = .*/epochs = 1/; s/^generations = .*/generations = 1/' presets/quick.toml > "$repro/quick1.toml"
+  sums=()
+  for which in fresh1 fresh2 warm; do
+    (
+      # "fresh": outside any Cargo project, so the cache is XDG_CACHE_HOME's, a new
+      # folder; "warm": in the repository, on the target/autotune that the benchmark and
+      # the training run filled.
+      if [[ "$which" != warm ]]; then
+        export XDG_CACHE_HOME="$repro/cache-$which"
+        mkdir -p "$XDG_CACHE_HOME"
+        # $OUT may lie inside the repository: run from a folder outside it.
+        cd "$(mktemp -d "${TMPDIR:-/tmp}/selfdistill-repro-XXXXXX")"
+      fi
+      timeout -s INT "${REPRO_TIMEOUT:-90}" "$bin" run --preset "$repro/quick1.toml" --headless \
+        --backend cuda --runs-dir "$repro/runs-$which" > "$repro/$which.log" 2>&1
+    ) || echo "reproducibility run $which failed (see $repro/$which.log)" >&2
+    m=$(ls "$repro/runs-$which"/*/metrics.csv 2>/dev/null | head -1)
+    sum=$([[ -n "$m" ]] && cut -d, -f1-12 "$m" | md5sum | cut -c1-12 || echo missing)
+    sums+=("$which=$sum")
+  done
+  echo "reproducibility (md5 of metrics.csv without times): ${sums[*]}" | tee "$repro/result.txt"
+  if [[ "${sums[0]#*=}" == "${sums[1]#*=}" && "${sums[1]#*=}" == "${sums[2]#*=}" && "${sums[0]#*=}" != missing ]]; then
+    echo "reproducibility: same numbers in all three runs" | tee -a "$repro/result.txt"
+  else
+    echo "reproducibility: the numbers differ between runs (see $repro)" | tee -a "$repro/result.txt"
+  fi
 fi
 tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")" 2>/dev/null || true
 stamp "done; results in $OUT and $OUT.tgz (copy ratios.md and run.log figures into BENCHMARKS.md)"
