@@ -97,12 +97,7 @@ pub fn conv(
         (ho - 1) * row_step + (wo - 1) * stride + max_off < x.len(),
         "chanvec conv: input too short"
     );
-    for v in [map.scale, map.shift].into_iter().flatten() {
-        assert_eq!(v.len(), c_out, "chanvec: scale or shift length");
-    }
-    if let Some(r) = map.epilogue.residual {
-        assert_eq!(r.len(), y.len(), "chanvec: residual length");
-    }
+    map.check("chanvec", c_out, y.len());
     #[cfg(target_arch = "x86_64")]
     match (map.epilogue.residual.is_some(), map.epilogue.relu) {
         (false, false) => blocks::<false, false>(x, offsets, packed, grid, map, y),

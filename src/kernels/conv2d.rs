@@ -65,6 +65,22 @@ impl<'a> OutputMap<'a> {
         }
     }
 
+    /// Panics, naming `kernel`, unless the scale and shift have `c_out` values and the
+    /// residual `out_len` (the output's length): the kernels that apply the map read them
+    /// unchecked.
+    pub(crate) fn check(&self, kernel: &str, c_out: usize, out_len: usize) {
+        for (what, v) in [("scale", self.scale), ("shift", self.shift)] {
+            assert!(
+                v.is_none_or(|v| v.len() == c_out),
+                "{kernel}: {what} length"
+            );
+        }
+        assert!(
+            self.epilogue.residual.is_none_or(|r| r.len() == out_len),
+            "{kernel}: residual length"
+        );
+    }
+
     /// Whether it leaves every value as it is.
     fn is_identity(&self) -> bool {
         self.scale.is_none()
@@ -91,17 +107,6 @@ impl<'a> OutputMap<'a> {
             self.scale.map_or(1.0, |s| s[c]),
             self.shift.map_or(0.0, |s| s[c]),
         )
-    }
-
-    fn check(&self, s: &Conv2dShape) {
-        for (what, v) in [("scale", self.scale), ("shift", self.shift)] {
-            if let Some(v) = v {
-                assert_eq!(v.len(), s.c_out, "conv2d: {what} length");
-            }
-        }
-        if let Some(r) = self.epilogue.residual {
-            assert_eq!(r.len(), s.output_len(), "conv2d: residual length");
-        }
     }
 }
 
@@ -1668,7 +1673,7 @@ fn forward_with(
     let d = s.dims();
     assert_eq!(x.len(), s.input_len(), "conv2d: input length");
     assert_eq!(weight.len(), s.weight_len(), "conv2d: weight length");
-    map.check(s);
+    map.check("conv2d", s.c_out, s.output_len());
     let y_len = s.c_out * d.l;
     if y_len == 0 || d.x_len == 0 {
         // No taps (an empty input) means zero sums: the map still applies.

@@ -164,16 +164,7 @@ pub fn conv_dense(
         c_out * dense.plane,
         "direct conv: dense output length"
     );
-    for (what, v) in [("scale", map.scale), ("shift", map.shift)] {
-        assert!(
-            v.is_none_or(|v| v.len() == c_out),
-            "direct conv: {what} length"
-        );
-    }
-    assert!(
-        map.epilogue.residual.is_none_or(|r| r.len() == out.len()),
-        "direct conv: residual length"
-    );
+    map.check("direct conv", c_out, out.len());
     let max_off = offsets.iter().copied().max().unwrap_or(0);
     assert!(
         n == 0 || max_off + padded_len(n) <= x.len(),
