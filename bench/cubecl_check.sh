@@ -5,7 +5,9 @@
 # runtime runs. This script builds a copy of HEAD with that runtime swapped for wgpu
 # (`Fusion<CubeBackend<WgpuRuntime>>`), runs it on Mesa's lavapipe (Vulkan on the CPU),
 # and checks that every benchmark case and a short distillation run (teachers, KD, the
-# self method's replacements) complete. What it cannot check: NVRTC's compilation of the
+# self method's replacements) complete, that CubeCL's autotune picks go to selfdistill's
+# cache folder (not to the `target/` of the Cargo project it was started in), and that a
+# second run of the same preset and seed with those picks gives the same numbers. What it cannot check: NVRTC's compilation of the
 # kernels, cudarc and the driver; those need a GPU (bench/gpu.sh).
 #
 #   bench/cubecl_check.sh          # ~10 min build on 2 cores (once), ~3 min of runs
@@ -13,7 +15,7 @@
 # Env: OUT (bench/out/cubecl-<date>), TARGET (target/cubecl-check: kept between runs).
 # Needs: mesa-vulkan-drivers and libvulkan1 (installed with apt-get when missing) and python3.
 # CI runs it (.ci/run) so the GPU code path is exercised at every change.
-# The copy is patched in 5 places (checked: the script stops if the code moved); the
+# The copy is patched in 4 places (checked: the script stops if the code moved); the
 # labels it prints say `cuda`, which here means the wgpu runtime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,14 +56,11 @@ text = open(path).read()
 open(path, "w").write(text.replace(old, new))
 EOF
 }
-patch Cargo.toml 'cuda = ["burn/cuda"]' 'cuda = ["burn/wgpu"]'
+patch Cargo.toml 'cuda = ["burn/cuda", "burn/cubecl"]' 'cuda = ["burn/wgpu", "burn/cubecl"]'
 patch src/model/ops.rs 'impl KernelBackend for burn::backend::Cuda {}' 'impl KernelBackend for burn::backend::Wgpu {}'
-for f in src/train/trainer.rs src/bench.rs; do
-  patch "$f" 'use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};' 'use burn::backend::{wgpu::WgpuDevice, Autodiff, Wgpu as Cuda};'
-  patch "$f" 'CudaDevice::new(0)' 'WgpuDevice::default()'
-done
-patch src/train/backend.rs 'use burn::backend::{cuda::CudaDevice, Cuda};' 'use burn::backend::{wgpu::WgpuDevice, Wgpu as Cuda};'
-patch src/train/backend.rs 'CudaDevice::new(0)' 'WgpuDevice::default()'
+patch src/train/backend.rs 'pub use burn::backend::{cuda::CudaDevice as GpuDevice, Cuda as Gpu};' \
+  'pub use burn::backend::{wgpu::WgpuDevice as GpuDevice, Wgpu as Gpu};'
+patch src/train/backend.rs 'GpuDevice::new(0)' 'GpuDevice::default()'
 
 echo "== build (HEAD $commit, CubeCL on wgpu) -> $TARGET" >&2
 (cd "$SRC" && CARGO_TARGET_DIR="$TARGET" cargo build --release --features cuda) 2>&1 | tail -n 3 | tee "$OUT/build.log"
@@ -70,21 +69,54 @@ vulkaninfo_line=$(ls /usr/share/vulkan/icd.d/ 2>/dev/null | tr '\n' ' ')
 { echo "HEAD $commit; CubeCL runtime: wgpu on Vulkan ICDs: $vulkaninfo_line"; nproc; grep -m1 'model name' /proc/cpuinfo; } | tee "$OUT/env.txt"
 
 status=0
+fail() { echo "$1" >&2; status=1; }
+# CubeCL's autotune picks: a fresh folder, its path checked below. The binary runs in the
+# patched copy, a Cargo project: CubeCL left to itself would write its picks to ./target.
+export SELFDISTILL_CACHE_DIR="$OUT/cache"
+rm -rf "$SELFDISTILL_CACHE_DIR"
+sed 's/^epochs = .*/epochs = 2/; s/^generations = .*/generations = 2/' presets/quick.toml >"$OUT/quick2.toml"
+cd "$SRC"
+
 echo "== bench: every case of both models, batch 8" >&2
 if ! timeout 900 "$BIN" bench --backend cuda --models resnet20,cnn --cases train,train-kd,infer \
      --batch 8 --threads 2 --reps 1 --steps 2 --warmup 1 --min-time 0 --json "$OUT/bench.json" \
      >"$OUT/bench.txt" 2>"$OUT/bench.err"; then
-  echo "bench FAILED (see $OUT/bench.err)" >&2; status=1
+  fail "bench FAILED (see $OUT/bench.err)"
 fi
 cat "$OUT/bench.txt"
 
-echo "== run: quick, 2 epochs, 2 generations (teachers, KD, replacements)" >&2
-sed 's/^epochs = .*/epochs = 2/; s/^generations = .*/generations = 2/' presets/quick.toml >"$OUT/quick2.toml"
-if timeout 900 "$BIN" run --preset "$OUT/quick2.toml" --backend cuda --headless --runs-dir "$OUT/runs" \
-     >"$OUT/run.log" 2>&1 && ls "$OUT"/runs/*/summary.json >/dev/null 2>&1; then
-  tail -n 9 "$OUT/run.log"
+# quick, 2 epochs and 2 generations, twice with the same autotune picks: metrics.csv
+# without its elapsed-time column must be the same.
+sums=()
+for which in run rerun; do
+  echo "== $which: quick, 2 epochs, 2 generations (teachers, KD, replacements)" >&2
+  if timeout 900 "$BIN" run --preset "$OUT/quick2.toml" --backend cuda --headless --runs-dir "$OUT/$which" \
+       >"$OUT/$which.log" 2>&1 && ls "$OUT/$which"/*/summary.json >/dev/null 2>&1; then
+    tail -n 9 "$OUT/$which.log"
+    sums+=("$(cut -d, -f1-15 "$OUT/$which"/*/metrics.csv | md5sum | cut -c1-12)")
+  else
+    fail "$which FAILED (see $OUT/$which.log)"; tail -n 20 "$OUT/$which.log" >&2
+  fi
+done
+
+echo "== autotune picks and same-seed reproducibility" >&2
+picks=$(find "$SELFDISTILL_CACHE_DIR/autotune" -name '*.json.log' 2>/dev/null | wc -l)
+echo "autotune cache files under $SELFDISTILL_CACHE_DIR/autotune: $picks"
+(( picks > 0 )) || fail "no autotune picks in $SELFDISTILL_CACHE_DIR/autotune"
+[[ ! -e "$SRC/target/autotune" ]] || fail "CubeCL wrote its picks to the working directory's target/autotune"
+grep -qF "GPU autotune picks: $SELFDISTILL_CACHE_DIR/autotune" "$OUT/run.log" \
+  || fail "run.log does not name the autotune folder"
+python3 - "$OUT"/run/*/summary.json "$SELFDISTILL_CACHE_DIR/autotune" <<'EOF' || fail "summary.json does not record the autotune folder"
+import json, sys
+recorded = json.load(open(sys.argv[1]))["plan"].get("autotune_cache")
+print("summary.json plan.autotune_cache:", recorded)
+sys.exit(recorded != sys.argv[2])
+EOF
+echo "metrics.csv md5 (without elapsed_s): ${sums[*]}"
+if [[ ${#sums[@]} == 2 && "${sums[0]}" == "${sums[1]}" ]]; then
+  echo "same seed, same autotune picks: same numbers"
 else
-  echo "run FAILED (see $OUT/run.log)" >&2; tail -n 20 "$OUT/run.log" >&2; status=1
+  fail "the rerun with the same seed and autotune picks gave other numbers"
 fi
 echo "== done ($([[ $status == 0 ]] && echo passed || echo FAILED)); results in $OUT" >&2
 exit $status

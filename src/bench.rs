@@ -267,8 +267,8 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&BenchResult)) -> Resul
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
-            use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
-            run_on::<Autodiff<Cuda>>(&CudaDevice::new(0), opts, &mut progress)
+            use burn::backend::Autodiff;
+            run_on::<Autodiff<backend::gpu::Gpu>>(&backend::gpu::device(), opts, &mut progress)
         }
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => unreachable!("check_available rejects cuda without the feature"),

@@ -69,6 +69,9 @@ impl HeadlessPrinter {
                 if let Some(dir) = &p.run_dir {
                     out.push(format!("run folder: {}", dir.display()));
                 }
+                if let Some(dir) = &p.autotune_cache {
+                    out.push(format!("GPU autotune picks: {}", dir.display()));
+                }
             }
             TrainEvent::GenerationStarted {
                 key,
@@ -178,4 +181,45 @@ pub fn print_run_after(
         }
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_lines_name_the_run_folder_and_a_gpu_runs_autotune_picks() {
+        let mut plan = crate::train::events::RunPlan {
+            run_id: "r1".into(),
+            preset: "quick".into(),
+            dataset: "synthetic".into(),
+            model: "cnn".into(),
+            backend: "cuda".into(),
+            jobs: Vec::new(),
+            epochs: 1,
+            steps_per_epoch: 1,
+            evals_per_generation: 1,
+            train_size: 1,
+            val_size: 1,
+            test_size: 1,
+            temperature: 4.0,
+            alpha: 0.5,
+            run_dir: Some("/runs/r1".into()),
+            autotune_cache: None,
+        };
+        let lines = HeadlessPrinter::default().feed(&TrainEvent::Plan(plan.clone()));
+        assert!(
+            lines.iter().any(|l| l == "run folder: /runs/r1"),
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("autotune")), "{lines:?}");
+        plan.autotune_cache = Some("/home/u/.cache/selfdistill/autotune".into());
+        let lines = HeadlessPrinter::default().feed(&TrainEvent::Plan(plan));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "GPU autotune picks: /home/u/.cache/selfdistill/autotune"),
+            "{lines:?}"
+        );
+    }
 }

@@ -2,7 +2,9 @@
 //! in builds with the `cuda` feature and is probed before use, because a missing driver
 //! surfaces as a panic on Burn's first tensor operation rather than as an error.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -65,14 +67,69 @@ pub fn check_available(kind: BackendKind) -> Result<(), BackendError> {
     }
 }
 
+/// `$SELFDISTILL_CACHE_DIR`, else `<user cache dir>/selfdistill`: GPU builds keep CubeCL's
+/// autotune picks under it, in `autotune/`.
+pub fn cache_root() -> PathBuf {
+    cache_root_from(std::env::var_os("SELFDISTILL_CACHE_DIR"))
+}
+
+fn cache_root_from(env: Option<OsString>) -> PathBuf {
+    match env {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => directories::ProjectDirs::from("", "", "selfdistill")
+            .map(|d| d.cache_dir().to_path_buf())
+            .unwrap_or_else(|| std::env::temp_dir().join("selfdistill-cache")),
+    }
+}
+
+/// The folder of CubeCL's autotune picks that a run on `kind` uses (none on the CPU). Its
+/// kernels are timed and chosen once per shape and kept there, so two runs with the same
+/// seed give the same numbers when they find the same picks (README, "CUDA").
+pub fn autotune_cache(kind: BackendKind) -> Option<PathBuf> {
+    match kind {
+        BackendKind::Cpu => None,
+        BackendKind::Cuda => Some(cache_root().join("autotune")),
+    }
+}
+
+/// The GPU backend of `--features cuda` builds, and its device.
+#[cfg(feature = "cuda")]
+pub mod gpu {
+    pub use burn::backend::{cuda::CudaDevice as GpuDevice, Cuda as Gpu};
+
+    /// The first GPU. CubeCL's configuration is set before its first use: left to itself,
+    /// CubeCL reads it from a `cubecl.toml` above the working directory and keeps its
+    /// autotune picks in the `target/` of any Cargo project above it, so the kernels, and
+    /// with them the numbers, would depend on where selfdistill was started.
+    pub fn device() -> GpuDevice {
+        configure_cubecl();
+        GpuDevice::new(0)
+    }
+
+    fn configure_cubecl() {
+        use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if CubeClRuntimeConfig::storage().lock().is_some() {
+                return; // Already read by CubeCL: too late to set (and `set` would panic).
+            }
+            // CubeCL's defaults and its environment overrides (CUBECL_AUTOTUNE_LEVEL, logs).
+            let mut config = CubeClRuntimeConfig::default().override_from_env();
+            // CubeCL adds `autotune/` below this root.
+            config.autotune.cache = CacheConfig::File(super::cache_root());
+            CubeClRuntimeConfig::set(config);
+        });
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn probe_cuda() -> Result<(), BackendError> {
-    use burn::backend::{cuda::CudaDevice, Cuda};
     use burn::prelude::*;
     use burn::tensor::ElementConversion;
+    use gpu::Gpu;
     let result = catch_quietly(|| {
-        let device = CudaDevice::new(0);
-        let t = Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &device);
+        let device = gpu::device();
+        let t = Tensor::<Gpu, 1>::from_floats([1.0, 2.0], &device);
         t.sum().into_scalar().elem::<f32>()
     });
     match result {
@@ -193,6 +250,24 @@ mod tests {
         assert_eq!(panic_message(&*literal), "literal");
         assert_eq!(panic_message(&*formatted), "2");
         assert_eq!(panic_message(&*other), "unknown panic");
+    }
+
+    #[test]
+    fn the_cache_root_is_the_env_override_else_the_user_cache_dir() {
+        assert_eq!(
+            cache_root_from(Some("/somewhere/else".into())),
+            PathBuf::from("/somewhere/else")
+        );
+        // Unset and empty mean the default, which names the program and not the cwd.
+        let default = cache_root_from(None);
+        assert_eq!(cache_root_from(Some("".into())), default);
+        assert!(default.ends_with("selfdistill"), "{}", default.display());
+        assert!(default.is_absolute(), "{}", default.display());
+        assert_eq!(autotune_cache(BackendKind::Cpu), None);
+        assert_eq!(
+            autotune_cache(BackendKind::Cuda).unwrap(),
+            cache_root().join("autotune")
+        );
     }
 
     #[test]

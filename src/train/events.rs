@@ -118,6 +118,9 @@ pub struct RunPlan {
     pub temperature: f64,
     pub alpha: f64,
     pub run_dir: Option<PathBuf>,
+    /// CubeCL's autotune picks this run used (GPU runs only): same picks, same numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autotune_cache: Option<PathBuf>,
 }
 
 impl RunPlan {

@@ -250,9 +250,9 @@ impl PreparedRun {
                 }
                 #[cfg(feature = "cuda")]
                 BackendKind::Cuda => {
-                    use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
-                    Trainer::<Autodiff<Cuda>>::new(
-                        CudaDevice::new(0),
+                    use super::backend::gpu;
+                    Trainer::<burn::backend::Autodiff<gpu::Gpu>>::new(
+                        gpu::device(),
                         &preset,
                         &data,
                         sink.clone(),
@@ -497,6 +497,7 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
             temperature: p.distill.temperature,
             alpha: p.distill.alpha,
             run_dir: sink.store.as_ref().map(|s| s.dir().to_path_buf()),
+            autotune_cache: super::backend::autotune_cache(p.backend),
         }
     }
 

@@ -48,6 +48,7 @@ pub fn plan() -> RunPlan {
         temperature: 4.0,
         alpha: 0.5,
         run_dir: None,
+        autotune_cache: None,
     }
 }
 
