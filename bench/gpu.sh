@@ -8,7 +8,8 @@
 # Env: EPOCHS (3), GENERATIONS (preset's 3), ROUNDS (3), BATCH (64,128), RUN_TIMEOUT (300 s),
 #      SKIP_BUILD=1, SKIP_BENCH=1, SKIP_RUN=1, SKIP_REPRO=1, REPRO_TIMEOUT (90 s), CUDARC_CUDA_VERSION (default: from nvidia-smi),
 #      BIN (a `--features cuda` binary built on another machine; implies SKIP_BUILD),
-#      PYTHON (an interpreter that already has torch with CUDA: no venv, nothing downloaded).
+#      PYTHON (an interpreter that already has torch with CUDA: no venv, nothing downloaded),
+#      SELFDISTILL_CACHE_DIR (CubeCL's autotune picks; default $OUT/cache, kept with the results).
 #
 # On a GPU machine with no cargo and no package index (a rented box, a lab image):
 #   here:   bench/pack_cuda.sh     # target/cuda/selfdistill.gz (~18 MB) and its COMMIT
@@ -18,7 +19,8 @@
 # Without CIFAR-10 (none under --data-dir and no download possible) the preset run is the
 # offline `quick` preset on CUDA instead, said so in run.log, and the script exits 3.
 # Output under bench/out/gpu-<date>/ (or $OUT): env.txt, build.log, bench/ (ratios.txt/.md +
-# JSON), run.log, run.time; also packed as gpu.tgz beside it.
+# JSON), run.log, run.time, cache/ (autotune picks), repro/result.txt (same seed, same
+# numbers?); also packed as gpu.tgz beside it.
 #
 # Status: written and checked on a machine WITHOUT a GPU (the CUDA binary builds, and without
 # a driver it stops with the driver's load error); not yet run on one.
@@ -54,6 +56,9 @@ fi
 export BIN
 OUT="${OUT:-bench/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT" "$DATA_DIR"
+OUT=$(cd "$OUT" && pwd)
+# CubeCL's autotune picks for every step below, kept with the results.
+export SELFDISTILL_CACHE_DIR="${SELFDISTILL_CACHE_DIR:-$OUT/cache}"
 start=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - start ))s] $*" >&2; }
 
@@ -128,42 +133,37 @@ if [[ -z "${SKIP_RUN:-}" ]]; then
   (( rc == 0 || status != 0 )) || status=$rc
 fi
 if [[ -z "${SKIP_REPRO:-}" ]]; then
-  # Same seed, same numbers? CubeCL keeps its autotune choices in a cache on disk (here
-  # ./target/autotune; outside a Cargo project ~/.cache/cubecl), and on wgpu a run with a
-  # cache other runs had filled gave other numbers (BENCHMARKS "CUDA"). `quick` cut to one
-  # epoch and one generation, three times: two with empty caches, one with the cache this
-  # script's earlier steps filled. Same metrics.csv -> "same".
-  stamp "reproducibility: quick, 1 epoch, 3 runs (timeout ${REPRO_TIMEOUT:-90}s each)"
+  # Same seed, same numbers? CubeCL times candidate kernels per shape and keeps its picks
+  # in $SELFDISTILL_CACHE_DIR/autotune; on wgpu, runs with the same picks agree and a run
+  # whose picks other workloads had made did not (BENCHMARKS "CUDA"). `quick` cut to one
+  # epoch and one generation, four times:
+  #   fresh1: an empty cache (it tunes as it goes)   again1: fresh1's cache (it loads them)
+  #   fresh2: another empty cache                    warm:   the cache the steps above filled
+  stamp "reproducibility: quick, 1 epoch, 4 runs (timeout ${REPRO_TIMEOUT:-90}s each)"
   repro="$OUT/repro"
   mkdir -p "$repro"
   repro=$(cd "$repro" && pwd)
-  bin=$(realpath "$BIN")
   sed 's/^epochs = .*/epochs = 1/; s/^generations = .*/generations = 1/' presets/quick.toml > "$repro/quick1.toml"
-  sums=()
-  for which in fresh1 fresh2 warm; do
-    (
-      # "fresh": outside any Cargo project, so the cache is XDG_CACHE_HOME's, a new
-      # folder; "warm": in the repository, on the target/autotune that the benchmark and
-      # the training run filled.
-      if [[ "$which" != warm ]]; then
-        export XDG_CACHE_HOME="$repro/cache-$which"
-        mkdir -p "$XDG_CACHE_HOME"
-        # $OUT may lie inside the repository: run from a folder outside it.
-        cd "$(mktemp -d "${TMPDIR:-/tmp}/selfdistill-repro-XXXXXX")"
-      fi
-      timeout -s INT "${REPRO_TIMEOUT:-90}" "$bin" run --preset "$repro/quick1.toml" --headless \
-        --backend cuda --runs-dir "$repro/runs-$which" > "$repro/$which.log" 2>&1
-    ) || echo "reproducibility run $which failed (see $repro/$which.log)" >&2
+  declare -A sum
+  for which in fresh1 again1 fresh2 warm; do
+    case "$which" in
+      fresh1|again1) cache="$repro/cache-1" ;;
+      fresh2) cache="$repro/cache-2" ;;
+      warm) cache="$SELFDISTILL_CACHE_DIR" ;;
+    esac
+    SELFDISTILL_CACHE_DIR="$cache" timeout -s INT "${REPRO_TIMEOUT:-90}" "$BIN" run \
+      --preset "$repro/quick1.toml" --headless --backend cuda --runs-dir "$repro/runs-$which" \
+      > "$repro/$which.log" 2>&1 || echo "reproducibility run $which failed (see $repro/$which.log)" >&2
     m=$(ls "$repro/runs-$which"/*/metrics.csv 2>/dev/null | head -1)
-    sum=$([[ -n "$m" ]] && cut -d, -f1-12 "$m" | md5sum | cut -c1-12 || echo missing)
-    sums+=("$which=$sum")
+    sum[$which]=$([[ -n "$m" ]] && cut -d, -f1-15 "$m" | md5sum | cut -c1-12 || echo missing)
   done
-  echo "reproducibility (md5 of metrics.csv without times): ${sums[*]}" | tee "$repro/result.txt"
-  if [[ "${sums[0]#*=}" == "${sums[1]#*=}" && "${sums[1]#*=}" == "${sums[2]#*=}" && "${sums[0]#*=}" != missing ]]; then
-    echo "reproducibility: same numbers in all three runs" | tee -a "$repro/result.txt"
-  else
-    echo "reproducibility: the numbers differ between runs (see $repro)" | tee -a "$repro/result.txt"
-  fi
+  same() { [[ "${sum[$1]}" != missing && "${sum[$1]}" == "${sum[$2]}" ]] && echo same || echo DIFFERENT; }
+  {
+    echo "md5 of metrics.csv without elapsed_s: fresh1=${sum[fresh1]} again1=${sum[again1]} fresh2=${sum[fresh2]} warm=${sum[warm]}"
+    echo "tuning as it goes vs loading those picks (fresh1, again1): $(same fresh1 again1)"
+    echo "two independent tunings (fresh1, fresh2): $(same fresh1 fresh2)"
+    echo "own picks vs picks other workloads made (fresh1, warm): $(same fresh1 warm)"
+  } | tee "$repro/result.txt"
 fi
 tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")" 2>/dev/null || true
 stamp "done; results in $OUT and $OUT.tgz (copy ratios.md and run.log figures into BENCHMARKS.md)"
