@@ -48,13 +48,16 @@ def main():
         sys.exit(__doc__)
     sd, pt, pair_ratios = {}, {}, {}
     rounds, first = set(), None
+    read_every = {"selfdistill": set(), "pytorch": set()}
     for out in args:
         sd_reports, pt_reports = load(out, "selfdistill"), load(out, "pytorch")
         if not sd_reports or not pt_reports:
             sys.exit(f"error: need selfdistill-*.json and pytorch-*.json in {out}")
         first = first or (next(iter(sd_reports.values())), next(iter(pt_reports.values())))
-        for side, reports in ((sd, sd_reports), (pt, pt_reports)):
+        for name, side, reports in (("selfdistill", sd, sd_reports), ("pytorch", pt, pt_reports)):
             for report in reports.values():
+                # Reports written before the field existed read every step.
+                read_every[name].add(report.get("read_every", 1))
                 for key, reps in results(report).items():
                     side.setdefault(key, []).extend(reps)
         for pid in sorted(set(sd_reports) & set(pt_reports)):
@@ -71,6 +74,14 @@ def main():
         f"{len(rounds)} rounds in {len(args)} run(s), date {a['date']}\n"
         f"{a['version']} vs {b['version']}"
     )
+    reads = {name: ",".join(map(str, sorted(v))) for name, v in read_every.items()}
+    if reads["selfdistill"] == reads["pytorch"]:
+        head += f"\nloss and hits read back every {reads['pytorch']} training step(s), both sides"
+    else:
+        head += (
+            f"\nWARNING: loss and hits read back every {reads['selfdistill']} step(s) by selfdistill "
+            f"but every {reads['pytorch']} by PyTorch: not the same work"
+        )
     alloc = b.get("allocator") or {}
     if any(alloc.values()):
         settings = ", ".join(f"{k}={v}" for k, v in alloc.items() if v)

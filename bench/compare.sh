@@ -8,6 +8,8 @@
 #   PAIR=run bench/compare.sh              # whole runs per framework instead of per-case pairs
 #   PYTHON=python3 bench/compare.sh        # a Python that already has torch (no venv, no download)
 #   BIN=path/to/selfdistill NO_BUILD=1 ... # a binary built elsewhere
+#   READ_EVERY=1 BACKEND=cuda bench/compare.sh # loss read back every step (default: the
+#                                          # trainer's cadence, 1 on cpu, 8 on cuda), both sides
 #
 # Creates bench/.venv (python3 -m venv) with a pinned torch from PyPI on first use
 # (the default Linux wheel, which also pulls NVIDIA's CUDA libraries: ~3 GB, once).
@@ -34,6 +36,9 @@ WARMUP="${WARMUP:-1}"
 OUT="${OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}"
 VENV="${VENV:-bench/.venv}"
 BIN="${BIN:-target/release/selfdistill}"
+# Training steps per read of loss and hits (a host/device sync): the same for both sides;
+# the default is what selfdistill's trainer does (src/model/ops.rs READBACK_EVERY).
+READ_EVERY="${READ_EVERY:-$([[ "$BACKEND" == cuda ]] && echo 8 || echo 1)}"
 
 if [[ -n "${PYTHON:-}" ]]; then
   # An interpreter that already has torch (a GPU image, a machine with no package index):
@@ -60,7 +65,7 @@ mkdir -p "$OUT"
 # them (only its later cases in a full run were warmed by glibc's dynamic threshold).
 ALLOC_ENV=(MALLOC_MMAP_THRESHOLD_=$((512 << 20)) MALLOC_TRIM_THRESHOLD_=$((512 << 20)) MALLOC_ARENA_MAX=1)
 [[ -n "${NO_ALLOC_ENV:-}" ]] && ALLOC_ENV=()
-common=(--backend "$BACKEND" --threads "$THREADS" --warmup "$WARMUP" --reps "$REPS" --min-time "$MIN_TIME")
+common=(--backend "$BACKEND" --threads "$THREADS" --warmup "$WARMUP" --reps "$REPS" --min-time "$MIN_TIME" --read-every "$READ_EVERY")
 sd_run() { # id, then per-case arguments
   local id=$1; shift
   "$BIN" bench "${common[@]}" "$@" --steps "$STEPS" --json "$OUT/selfdistill-$id.json" >/dev/null

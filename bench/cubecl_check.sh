@@ -57,7 +57,7 @@ open(path, "w").write(text.replace(old, new))
 EOF
 }
 patch Cargo.toml 'cuda = ["burn/cuda", "burn/cubecl"]' 'cuda = ["burn/wgpu", "burn/cubecl"]'
-patch src/model/ops.rs 'impl KernelBackend for burn::backend::Cuda {}' 'impl KernelBackend for burn::backend::Wgpu {}'
+patch src/model/ops.rs 'impl KernelBackend for burn::backend::Cuda {' 'impl KernelBackend for burn::backend::Wgpu {'
 patch src/train/backend.rs 'pub use burn::backend::{cuda::CudaDevice as GpuDevice, Cuda as Gpu};' \
   'pub use burn::backend::{wgpu::WgpuDevice as GpuDevice, Wgpu as Gpu};'
 patch src/train/backend.rs 'GpuDevice::new(0)' 'GpuDevice::default()'

@@ -146,6 +146,15 @@ def run_case(device, args, model, case, batch):
     if case == "infer":
         student.eval()
     state = {"i": 0, "loss": None}
+    # Per-step [loss, hits] kept on the device and read in one transfer every
+    # --read-every steps (src/train/readback.rs: the crate's trainer and bench do the same).
+    pending = []
+
+    def drain():
+        if pending:
+            values = torch.cat(pending).tolist()
+            pending.clear()
+            state["loss"] = values[-2]
 
     def step():
         x, y = inputs[state["i"] % POOL]
@@ -165,12 +174,13 @@ def run_case(device, args, model, case, batch):
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
-        # The crate reads loss and accuracy back every step; so do we.
-        state["loss"] = loss.item()
-        correct.item()
+        pending.append(torch.stack([loss.detach(), correct.to(loss.dtype)]))
+        if len(pending) >= args.read_every:
+            drain()
 
     for _ in range(args.warmup):
         step()
+    drain()
     sync(device)
     reps, reps_steps = [], []
     for _ in range(args.reps):
@@ -178,10 +188,12 @@ def run_case(device, args, model, case, batch):
         start, n = time.perf_counter(), 0
         while True:
             step()
-            sync(device)
             n += 1
-            elapsed = time.perf_counter() - start
-            if n >= args.steps and elapsed >= args.min_time:
+            if n >= args.steps and time.perf_counter() - start >= args.min_time:
+                # The steps still queued on the device count (src/bench.rs timed_rep).
+                drain()
+                sync(device)
+                elapsed = time.perf_counter() - start
                 break
         reps.append(n / elapsed)
         reps_steps.append(n)
@@ -235,10 +247,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--read-every", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.steps < 1 or args.reps < 1:
         sys.exit("error: --steps and --reps must be at least 1")
+    if args.read_every < 1:
+        sys.exit("error: --read-every must be at least 1")
     if not 0 <= args.min_time <= 600:
         sys.exit(f"error: --min-time must be between 0 and 600 seconds, got {args.min_time}")
     if args.threads:
@@ -286,6 +301,7 @@ def main():
         "min_rep_s": args.min_time,
         "warmup": args.warmup,
         "reps": args.reps,
+        "read_every": args.read_every,
         "results": results,
     }
     if args.json:

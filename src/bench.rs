@@ -3,8 +3,10 @@
 //! `bench/pytorch_bench.py` so that `bench/compare.sh` can put the two side by side.
 //!
 //! Cases, per network and batch size:
-//! - `train`: student forward, cross-entropy, backward, SGD step, loss and accuracy read
-//!   back to the host (the trainer's two `into_scalar` syncs per step);
+//! - `train`: student forward, cross-entropy, backward, SGD step, loss and hit count read
+//!   back to the host as the trainer reads them: together, every step on the CPU and
+//!   every [`GPU_READBACK_EVERY`](crate::model::ops::GPU_READBACK_EVERY) steps on a GPU (`--read-every` changes it, a
+//!   repetition reads its last queued steps before its clock stops);
 //! - `train-kd`: the same plus a frozen teacher forward on the inner (non-autodiff)
 //!   backend and the KD loss (T = 4, alpha = 0.5, the preset defaults);
 //! - `infer`: eval-mode forward on the inner backend, logits read back to the host.
@@ -13,6 +15,7 @@
 //! few batches, cycled), so the figures are the network's cost, not the data pipeline's.
 //! Optimiser: SGD lr 0.05, momentum 0.9, dampening 0, weight decay 5e-4, as the trainer.
 
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -21,7 +24,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
-use burn::tensor::{ElementConversion, TensorData};
+use burn::tensor::TensorData;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -29,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::distill::{correct_count, kd_loss};
 use crate::model::{Arch, ModelSpec, Net, TrainBackend};
 use crate::train::backend::{self, BackendKind};
+use crate::train::readback::Readback;
 
 /// Version of the JSON layout; `bench/pytorch_bench.py` writes the same.
 pub const SCHEMA: u32 = 1;
@@ -129,6 +133,9 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub reps: usize,
     pub seed: u64,
+    /// Training steps per read of loss and hit count; `None`: the backend's
+    /// ([`KernelBackend::READBACK_EVERY`], what the trainer uses).
+    pub read_every: Option<usize>,
 }
 
 impl Default for BenchOptions {
@@ -144,6 +151,7 @@ impl Default for BenchOptions {
             warmup: 2,
             reps: 3,
             seed: 0,
+            read_every: None,
         }
     }
 }
@@ -213,7 +221,15 @@ pub struct BenchReport {
     pub min_rep_s: f64,
     pub warmup: usize,
     pub reps: usize,
+    /// Training steps per read of loss and hit count (1 in reports written before the
+    /// field existed, which read every step).
+    #[serde(default = "one")]
+    pub read_every: usize,
     pub results: Vec<BenchResult>,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -255,12 +271,15 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&BenchResult)) -> Resul
     if opts.batches.is_empty() || opts.batches.contains(&0) {
         bail!("--batch needs one or more sizes of at least 1");
     }
+    if opts.read_every == Some(0) {
+        bail!("--read-every must be at least 1");
+    }
     if opts.models.is_empty() || opts.cases.is_empty() {
         bail!("nothing to measure: give at least one model and one case");
     }
     backend::check_available(opts.backend)?;
     let threads = set_threads(opts.threads);
-    let results = match opts.backend {
+    let (results, read_every) = match opts.backend {
         BackendKind::Cpu => {
             use burn::backend::{flex::FlexDevice, Autodiff, Flex};
             run_on::<Autodiff<Flex>>(&FlexDevice, opts, &mut progress)
@@ -292,28 +311,32 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&BenchResult)) -> Resul
         min_rep_s: opts.min_rep_s,
         warmup: opts.warmup,
         reps: opts.reps,
+        read_every,
         results,
     })
 }
 
+/// The results, and the steps per read they used.
 fn run_on<B: TrainBackend>(
     device: &B::Device,
     opts: &BenchOptions,
     progress: &mut impl FnMut(&BenchResult),
-) -> Vec<BenchResult> {
+) -> (Vec<BenchResult>, usize) {
+    let read_every = opts.read_every.unwrap_or(B::READBACK_EVERY);
     let mut out = Vec::new();
     for &model in &opts.models {
         for &batch in &opts.batches {
             for &case in &opts.cases {
                 // As training runs (see `pool`).
-                let r =
-                    crate::pool::run_on_pool(|| run_case::<B>(device, opts, model, case, batch));
+                let r = crate::pool::run_on_pool(|| {
+                    run_case::<B>(device, opts, model, case, batch, read_every)
+                });
                 progress(&r);
                 out.push(r);
             }
         }
     }
-    out
+    (out, read_every)
 }
 
 /// The trainer's optimiser at its presets' settings.
@@ -349,6 +372,7 @@ fn run_case<B: TrainBackend>(
     model: BenchModel,
     case: BenchCase,
     batch: usize,
+    read_every: usize,
 ) -> BenchResult {
     let spec = model.spec();
     let inputs: Vec<(Tensor<B, 4>, Tensor<B, 1, Int>)> =
@@ -366,7 +390,9 @@ fn run_case<B: TrainBackend>(
         (case == BenchCase::TrainKd).then(|| spec.init_seeded::<B>(device, opts.seed + 1).valid());
     let mut optim = optimizer_config().init::<B, Net<B>>();
     let eval_net = (case == BenchCase::Infer).then(|| student.valid());
-    let mut last_loss = None;
+    // Shared by the step and the end of a repetition.
+    let last_loss = Cell::new(None);
+    let reads = RefCell::new(Readback::<B::InnerBackend, ()>::new(read_every));
     let mut i = 0usize;
     let reps = {
         let mut step = |student: Net<B>| -> Net<B> {
@@ -395,8 +421,7 @@ fn run_case<B: TrainBackend>(
                     let correct = correct_count(logits.inner(), y.inner());
                     let grads = GradientsParams::from_grads(loss.backward(), &student);
                     let student = optim.step(LR, student, grads);
-                    last_loss = Some(loss.into_scalar().elem::<f64>());
-                    let _ = correct.into_scalar().elem::<i64>();
+                    read(&reads, Some((loss.inner(), correct)), &last_loss);
                     student
                 }
             }
@@ -404,10 +429,16 @@ fn run_case<B: TrainBackend>(
         for _ in 0..opts.warmup {
             student = step(student);
         }
+        // Timing starts with nothing queued; a repetition ends by reading its queue.
+        read(&reads, None, &last_loss);
+        let finish = |student: Net<B>| {
+            read(&reads, None, &last_loss);
+            student
+        };
         let min_time = Duration::from_secs_f64(opts.min_rep_s);
         let mut reps = Vec::with_capacity(opts.reps);
         for _ in 0..opts.reps {
-            let (s, n, elapsed) = timed_rep(student, opts.steps, min_time, &mut step);
+            let (s, n, elapsed) = timed_rep(student, opts.steps, min_time, &mut step, finish);
             student = s;
             reps.push((n as f64 / elapsed.as_secs_f64(), n));
         }
@@ -423,26 +454,45 @@ fn run_case<B: TrainBackend>(
         images_per_s: steps_per_s * batch as f64,
         reps_steps_per_s: reps,
         reps_steps,
-        last_loss,
+        last_loss: last_loss.get(),
+    }
+}
+
+/// Queues a training step's loss and hit count (`None`: reads what is queued), keeping
+/// the last loss read.
+fn read<B: Backend>(
+    reads: &RefCell<Readback<B, ()>>,
+    step: Option<(Tensor<B, 1>, Tensor<B, 1, Int>)>,
+    last_loss: &Cell<Option<f64>>,
+) {
+    let mut reads = reads.borrow_mut();
+    let done = match step {
+        Some((loss, correct)) => reads.push(loss, correct, ()),
+        None => reads.drain(),
+    };
+    if let Some(last) = done.last() {
+        last_loss.set(Some(last.loss));
     }
 }
 
 /// One repetition: `step` runs at least `min_steps` times and until `min_time` has passed
-/// (whole steps only). Returns the state, the steps run and the time they took.
+/// (whole steps only), then `finish` (which waits for work the steps left queued) runs
+/// inside the timed span. Returns the state, the steps run and the time they took.
 pub fn timed_rep<S>(
     mut state: S,
     min_steps: usize,
     min_time: Duration,
     mut step: impl FnMut(S) -> S,
+    finish: impl FnOnce(S) -> S,
 ) -> (S, usize, Duration) {
     let start = Instant::now();
     let mut n = 0;
     loop {
         state = step(state);
         n += 1;
-        let elapsed = start.elapsed();
-        if n >= min_steps && elapsed >= min_time {
-            return (state, n, elapsed);
+        if n >= min_steps && start.elapsed() >= min_time {
+            let state = finish(state);
+            return (state, n, start.elapsed());
         }
     }
 }
@@ -450,7 +500,7 @@ pub fn timed_rep<S>(
 /// The table printed by `selfdistill bench`.
 pub fn table(report: &BenchReport) -> String {
     let mut s = format!(
-        "{} · backend {} · {} threads · {} ({} logical CPUs) · {}\n{} timed steps (and at least {} s) x {} reps (median), {} warm-up\n",
+        "{} · backend {} · {} threads · {} ({} logical CPUs) · {}\n{} timed steps (and at least {} s) x {} reps (median), {} warm-up, loss read every {} step(s)\n",
         report.version,
         report.backend,
         report.threads,
@@ -460,7 +510,8 @@ pub fn table(report: &BenchReport) -> String {
         report.steps,
         report.min_rep_s,
         report.reps,
-        report.warmup
+        report.warmup,
+        report.read_every
     );
     s.push_str(&format!(
         "{:<10} {:<9} {:>6} {:>10} {:>10}  {}\n",
@@ -506,15 +557,34 @@ mod tests {
     #[test]
     fn a_repetition_runs_the_least_steps_and_at_least_the_least_time() {
         // No time asked: exactly the steps, the state threaded through each.
-        let (s, n, _) = timed_rep(0u32, 5, Duration::ZERO, |s| s + 1);
+        let (s, n, _) = timed_rep(0u32, 5, Duration::ZERO, |s| s + 1, |s| s);
         assert_eq!((s, n), (5, 5));
+        // `finish` runs once, after the last step, and its time counts.
+        let (s, n, elapsed) = timed_rep(
+            0u32,
+            2,
+            Duration::ZERO,
+            |s| s + 1,
+            |s| {
+                std::thread::sleep(Duration::from_millis(15));
+                s * 10
+            },
+        );
+        assert_eq!((s, n), (20, 2));
+        assert!(elapsed >= Duration::from_millis(15), "{elapsed:?}");
         // Each step sleeps at least 2 ms: 20 ms need 3 steps or more and at most 10, and
         // the repetition stops at the first step past 20 ms.
         let min_time = Duration::from_millis(20);
-        let (s, n, elapsed) = timed_rep(0u32, 3, min_time, |s| {
-            std::thread::sleep(Duration::from_millis(2));
-            s + 1
-        });
+        let (s, n, elapsed) = timed_rep(
+            0u32,
+            3,
+            min_time,
+            |s| {
+                std::thread::sleep(Duration::from_millis(2));
+                s + 1
+            },
+            |s| s,
+        );
         assert_eq!(s as usize, n);
         assert!((3..=10).contains(&n), "{n} steps");
         assert!(elapsed >= min_time, "{elapsed:?}");

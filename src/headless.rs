@@ -206,6 +206,7 @@ mod tests {
             alpha: 0.5,
             run_dir: Some("/runs/r1".into()),
             autotune_cache: None,
+            read_every: 1,
         };
         let lines = HeadlessPrinter::default().feed(&TrainEvent::Plan(plan.clone()));
         assert!(

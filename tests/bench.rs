@@ -51,6 +51,8 @@ fn bench_runs_every_case_and_writes_json() {
     assert_eq!(report.threads, 1);
     assert_eq!((report.steps, report.warmup, report.reps), (2, 1, 2));
     assert_eq!(report.min_rep_s, 0.0);
+    // The CPU trainer reads loss and hits back every step; the bench does as it does.
+    assert_eq!(report.read_every, 1);
     // 2 models x 2 batches x 3 cases, in that nesting order.
     assert_eq!(report.results.len(), 12);
     let first = &report.results[0];
@@ -72,6 +74,53 @@ fn bench_runs_every_case_and_writes_json() {
         .results
         .iter()
         .any(|r| r.model == "resnet20" && r.case == "train-kd"));
+}
+
+/// With reads every 3 steps, a 2-step repetition still reads its steps (before its clock
+/// stops), so the last loss is there, and the report says how it read.
+#[test]
+fn bench_reads_queued_steps_at_the_end_of_a_repetition() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let (code, stdout, stderr) = selfdistill(&[
+        "bench",
+        "--threads",
+        "1",
+        "--batch",
+        "2",
+        "--models",
+        "cnn",
+        "--cases",
+        "train,train-kd",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--reps",
+        "2",
+        "--min-time",
+        "0",
+        "--read-every",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("loss read every 3 step(s)"), "{stdout}");
+    let report: BenchReport =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.read_every, 3);
+    assert_eq!(report.results.len(), 2);
+    for r in &report.results {
+        assert_eq!(r.reps_steps, [2, 2], "{r:?}");
+        assert!(r.last_loss.is_some_and(f64::is_finite), "{r:?}");
+    }
+    let (code, _, stderr) = selfdistill(&["bench", "--read-every", "0", "--steps", "1"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--read-every must be at least 1"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -107,6 +156,15 @@ fn bench_on_cuda_without_the_feature_is_a_clear_error() {
 
 /// A bench JSON report with one result per `(model, case, batch, repetitions)`.
 fn report(framework: &str, results: &[(&str, &str, usize, &[f64])]) -> String {
+    report_reading(framework, results, None)
+}
+
+/// As [`report`], with a `read_every` field when given (older reports have none).
+fn report_reading(
+    framework: &str,
+    results: &[(&str, &str, usize, &[f64])],
+    read_every: Option<usize>,
+) -> String {
     let results: Vec<serde_json::Value> = results
         .iter()
         .map(|(model, case, batch, reps)| {
@@ -117,13 +175,66 @@ fn report(framework: &str, results: &[(&str, &str, usize, &[f64])]) -> String {
             })
         })
         .collect();
-    serde_json::json!({
+    let mut report = serde_json::json!({
         "schema": 1, "framework": framework, "version": framework, "backend": "cpu",
         "threads": 2, "date": "2026-11-30T00:00:00Z", "steps": 5, "warmup": 1, "reps": 1,
         "machine": {"cpu": "test cpu", "logical_cpus": 2},
         "results": results,
-    })
-    .to_string()
+    });
+    if let Some(n) = read_every {
+        report["read_every"] = n.into();
+    }
+    report.to_string()
+}
+
+fn compare(dirs: &[&std::path::Path]) -> String {
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
+        .args(dirs)
+        .output()
+        .expect("python3 runs (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The ratio table says how often each side read its loss back, and warns when the two
+/// sides did not do the same work.
+#[test]
+fn compare_script_states_the_read_cadence_and_flags_a_mismatch() {
+    let case: &[(&str, &str, usize, &[f64])] = &[("cnn", "train", 64, &[10.0])];
+    let write = |dir: &std::path::Path, sd: Option<usize>, pt: Option<usize>| {
+        std::fs::write(
+            dir.join("selfdistill-1.json"),
+            report_reading("selfdistill", case, sd),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("pytorch-1.json"),
+            report_reading("pytorch", case, pt),
+        )
+        .unwrap();
+    };
+    let same = tempfile::tempdir().unwrap();
+    write(same.path(), Some(8), Some(8));
+    let out = compare(&[same.path()]);
+    assert!(
+        out.contains("every 8 training step(s), both sides"),
+        "{out}"
+    );
+    assert!(!out.contains("WARNING"), "{out}");
+    let differ = tempfile::tempdir().unwrap();
+    // A report without the field read every step.
+    write(differ.path(), Some(8), None);
+    let out = compare(&[differ.path()]);
+    assert!(
+        out.contains("WARNING: loss and hits read back every 8 step(s) by selfdistill but every 1 by PyTorch"),
+        "{out}"
+    );
 }
 
 /// bench/compare.py pools every repetition per side for the ratio, pairs files by id
@@ -150,18 +261,12 @@ fn compare_script_pools_sides_and_counts_pairs_below_one() {
         write("selfdistill", sd);
         write("pytorch", pt);
     }
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
-        .args(dirs.iter().map(|d| d.path()))
-        .output()
-        .expect("python3 runs (scripts/test.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = compare(&[dirs[0].path(), dirs[1].path()]);
     assert!(stdout.contains("3 rounds in 2 run(s)"), "{stdout}");
+    assert!(
+        stdout.contains("every 1 training step(s), both sides"),
+        "{stdout}"
+    );
     let row = stdout
         .lines()
         .find(|l| l.starts_with("cnn"))
@@ -197,6 +302,7 @@ fn pytorch_script_writes_the_same_fields() {
         "\"min_rep_s\"",
         "\"warmup\"",
         "\"reps\"",
+        "\"read_every\"",
         "\"results\"",
         "\"model\"",
         "\"case\"",

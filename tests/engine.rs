@@ -48,6 +48,15 @@ seeds = [5]
 
 /// Runs to completion on this thread and returns every event (no coalescing).
 fn run_events(preset: &Preset, data: PreparedData) -> Vec<TrainEvent> {
+    run_events_reading(preset, data, None)
+}
+
+/// As [`run_events`], reading loss and hits back every `read_every` steps.
+fn run_events_reading(
+    preset: &Preset,
+    data: PreparedData,
+    read_every: Option<usize>,
+) -> Vec<TrainEvent> {
     let (tx, rx) = event_channel_with_capacity(usize::MAX);
     let (_controls, control_rx) = crossbeam_channel::unbounded();
     let run = PreparedRun {
@@ -56,6 +65,7 @@ fn run_events(preset: &Preset, data: PreparedData) -> Vec<TrainEvent> {
         writer: None,
         resume: None,
         faults: Default::default(),
+        read_every,
     };
     let status = run.run(tx, control_rx);
     let events: Vec<TrainEvent> = rx.try_iter().collect();
@@ -156,6 +166,90 @@ fn same_seed_gives_the_same_numbers() {
     let mut other = preset.clone();
     other.run.seeds = vec![6];
     assert_ne!(trajectory(&a).0, trajectory(&run_preset(&other)).0);
+}
+
+/// What a step event says, loss bits included (wall time excluded).
+type StepRecord = (JobKey, u64, u64, usize, u64, u64, u64, u64, bool);
+
+fn step_records(events: &[TrainEvent]) -> Vec<StepRecord> {
+    steps(events)
+        .iter()
+        .map(|s| {
+            (
+                s.key,
+                s.step,
+                s.run_step,
+                s.epoch,
+                s.loss.to_bits(),
+                s.lr.to_bits(),
+                s.temperature.to_bits(),
+                s.alpha.to_bits(),
+                s.has_teacher,
+            )
+        })
+        .collect()
+}
+
+/// A GPU reads loss and hits every few steps (one sync per read): every step is still
+/// reported, in order, with the same numbers, and every evaluation and replacement
+/// is the same.
+#[test]
+fn reading_back_every_few_steps_reports_the_same_steps_and_numbers() {
+    let preset = tiny(r#""conventional", "self""#, 2, "");
+    let loaded = load_data(&preset).unwrap();
+    let each = run_events_reading(&preset, PreparedData::new(loaded.clone(), &preset), None);
+    let batched = run_events_reading(&preset, PreparedData::new(loaded, &preset), Some(5));
+    let plan = |events: &[TrainEvent]| {
+        events
+            .iter()
+            .find_map(|e| match e {
+                TrainEvent::Plan(plan) => Some(plan.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(plan(&each).read_every, 1, "the CPU reads every step");
+    assert_eq!(plan(&batched).read_every, 5);
+    // Reads of 5 straddle epochs and evaluations.
+    assert_ne!(plan(&each).steps_per_epoch % 5, 0);
+    let records = step_records(&each);
+    assert_eq!(records.len() as u64, plan(&each).total_steps());
+    assert_eq!(records, step_records(&batched));
+    assert_eq!(trajectory(&each), trajectory(&batched));
+    let train_acc =
+        |events: &[TrainEvent]| -> Vec<f64> { evals(events).iter().map(|e| e.train_acc).collect() };
+    assert_eq!(train_acc(&each), train_acc(&batched));
+    let summaries = |events: &[TrainEvent]| -> Vec<String> {
+        finished(events)
+            .iter()
+            .map(|g| {
+                format!(
+                    "{:?} {} {} {:?} {} {:?} {} {}",
+                    g.key,
+                    g.best_val_acc,
+                    g.best_step,
+                    g.test_acc_at_best,
+                    g.final_val_acc,
+                    g.final_test_acc,
+                    g.steps,
+                    g.teacher_replacements
+                )
+            })
+            .collect()
+    };
+    assert_eq!(summaries(&each), summaries(&batched));
+    // An evaluation comes after every step it covers, as when reading each step.
+    let order = |events: &[TrainEvent]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step(s) => Some(format!("s{}", s.step)),
+                TrainEvent::Eval(m) => Some(format!("e{}", m.step)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(order(&each), order(&batched));
 }
 
 #[test]
@@ -349,12 +443,24 @@ fn self_distillation_replaces_the_teacher_exactly_when_validation_improves() {
 
 #[test]
 fn controls_take_effect_at_the_next_step_and_are_echoed() {
+    controls_run(None);
+}
+
+/// With loss read back every 3 steps (as on a GPU), a control still finds every step run
+/// before it reported, and a pause or stop leaves none unreported.
+#[test]
+fn controls_act_the_same_when_the_loss_is_read_every_few_steps() {
+    controls_run(Some(3));
+}
+
+fn controls_run(read_every: Option<usize>) {
     let mut preset = tiny(r#""self""#, 1, "");
     preset.train.epochs = 4;
     let dir = tempfile::tempdir().unwrap();
     let opts = RunOptions {
         runs_dir: Some(dir.path().to_path_buf()),
         record: true,
+        read_every,
         ..Default::default()
     };
     let handle = prepare(preset, &opts).unwrap();
@@ -391,12 +497,14 @@ fn controls_take_effect_at_the_next_step_and_are_echoed() {
                 step,
                 ..
             } => {
+                // Every step that ran before the pause is reported before its echo.
+                let last = steps(log.as_slice()).last().map(|s| s.step);
+                assert_eq!(last, Some(step - 1), "steps reported before the pause");
                 // While paused no step runs.
                 let quiet = handle.events.recv_timeout(Duration::from_millis(700));
                 assert!(quiet.is_err(), "event while paused: {quiet:?}");
                 handle.controls.send(Control::SetTemperature(3.0)).unwrap();
                 handle.controls.send(Control::Resume).unwrap();
-                let _ = step;
                 break;
             }
             TrainEvent::Finished { .. } => panic!("finished before the pause"),
@@ -593,6 +701,17 @@ fn quick_preset_ends_well_above_chance_for_every_method() {
 
 #[test]
 fn a_diverging_method_is_marked_and_the_other_methods_go_on() {
+    diverging_run(None);
+}
+
+/// Read back every 4 steps (as on a GPU), the NaN of step 5 arrives with steps 6-8; it is
+/// still step 5 that is named, and steps 1-4 are reported.
+#[test]
+fn a_divergence_found_in_a_batch_of_reads_names_its_own_step() {
+    diverging_run(Some(4));
+}
+
+fn diverging_run(read_every: Option<usize>) {
     // The loss of run step 5 reads as NaN (as a real blow-up would).
     let preset = tiny(r#""conventional", "self""#, 2, "");
     let data = PreparedData::new(load_data(&preset).unwrap(), &preset);
@@ -607,6 +726,7 @@ fn a_diverging_method_is_marked_and_the_other_methods_go_on() {
             nan_at_step: Some(5),
             ..Default::default()
         },
+        read_every,
     };
     assert_eq!(run.run(tx, control_rx), RunStatus::Finished);
     let events: Vec<TrainEvent> = rx.try_iter().collect();
@@ -621,6 +741,12 @@ fn a_diverging_method_is_marked_and_the_other_methods_go_on() {
         })
         .collect();
     assert_eq!(diverged, vec![(key(Method::Conventional, 1), 5)]);
+    let reported: Vec<u64> = steps(&events)
+        .iter()
+        .filter(|s| s.key == key(Method::Conventional, 1))
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(reported, [1, 2, 3, 4]);
     // Its later generation is skipped; the other method runs all its generations.
     let gens: Vec<JobKey> = finished(&events).iter().map(|g| g.key).collect();
     assert_eq!(

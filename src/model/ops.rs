@@ -40,6 +40,12 @@ pub struct BnGrads<B: Backend> {
 
 /// Backends with (possibly faster) convolution and batch norm. The defaults are Burn's ops.
 pub trait KernelBackend: Backend {
+    /// Training steps whose loss and hit count are read back to the host together
+    /// ([`crate::train::readback`]). Each read is a sync; an eager CPU backend has
+    /// nothing to overlap, so it reads every step. A GPU runs ahead of the host between
+    /// reads, so fewer reads keep it busy while the host prepares the next steps.
+    const READBACK_EVERY: usize = 1;
+
     /// Training-mode batch norm of `x` `[n, c, hw]`, plus `residual` (same shape) when
     /// given, then a ReLU when `relu`: `Some([y, mean, var])` (biased batch variance, per
     /// channel) where the backend has a kernel; `None` sends the model to its tensor-op
@@ -218,7 +224,14 @@ pub fn batch_norm_backward_reference<B: Backend>(
 }
 
 #[cfg(feature = "cuda")]
-impl KernelBackend for burn::backend::Cuda {}
+impl KernelBackend for burn::backend::Cuda {
+    const READBACK_EVERY: usize = GPU_READBACK_EVERY;
+}
+
+/// [`KernelBackend::READBACK_EVERY`] of the GPU backend: at a few ms a step, the UI still
+/// sees the steps in bursts of well under 0.1 s. (`selfdistill bench --read-every`
+/// measures other values.)
+pub const GPU_READBACK_EVERY: usize = 8;
 
 /// A training backend: autodiff over a backend that has [`KernelBackend`] too (the teacher
 /// and evaluation run on the inner backend).
@@ -679,6 +692,8 @@ impl<B: KernelBackend> Backward<B, 4> for BatchNormResidualOp {
 }
 
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    const READBACK_EVERY: usize = B::READBACK_EVERY;
+
     fn keep_pool_warm() -> Option<pool::Warm> {
         B::keep_pool_warm()
     }

@@ -121,6 +121,14 @@ pub struct RunPlan {
     /// CubeCL's autotune picks this run used (GPU runs only): same picks, same numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autotune_cache: Option<PathBuf>,
+    /// Training steps per read of loss and hit count from the device (a sync each); the
+    /// numbers do not depend on it. 1 in runs recorded before the field existed.
+    #[serde(default = "one")]
+    pub read_every: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl RunPlan {

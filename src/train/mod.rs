@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod events;
+pub mod readback;
 pub mod schedule;
 pub mod summary;
 mod trainer;

@@ -13,7 +13,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
-use burn::tensor::{ElementConversion, TensorData};
+use burn::tensor::TensorData;
 use crossbeam_channel::{Receiver, Sender};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -23,6 +23,7 @@ use super::events::{
     event_channel, Control, EvalMetrics, EventSender, GenerationSummary, JobKey, Method, RunPlan,
     RunStatus, StepMetrics, TeacherSource, Ticket, TrainEvent,
 };
+use super::readback::{Readback, StepRead};
 use super::schedule::Schedule;
 use crate::data::{self, Augment, DataOptions, LoadedData, Normalizer, Split, SyntheticConfig};
 use crate::distill::{correct_count, cross_entropy, kd_loss};
@@ -43,6 +44,9 @@ pub struct RunOptions {
     pub runs_dir: Option<PathBuf>,
     /// Write a run folder (tests may turn it off).
     pub record: bool,
+    /// Training steps per read of loss and hit count from the device; `None`: the
+    /// backend's ([`KernelBackend::READBACK_EVERY`]). The numbers do not depend on it.
+    pub read_every: Option<usize>,
 }
 
 /// Data ready for training: images, the validation split and normalisation.
@@ -124,11 +128,16 @@ pub struct PreparedRun {
     /// Where to continue from (`selfdistill resume`); None starts at the beginning.
     pub resume: Option<(PathBuf, ResumeState)>,
     pub faults: Faults,
+    /// See [`RunOptions::read_every`].
+    pub read_every: Option<usize>,
 }
 
 /// Applies overrides, checks the backend, loads the data and creates the run folder,
 /// so that every input error surfaces before training starts.
 pub fn prepare(mut preset: Preset, opts: &RunOptions) -> Result<PreparedRun> {
+    if opts.read_every == Some(0) {
+        anyhow::bail!("--read-every must be at least 1");
+    }
     if let Some(b) = opts.backend {
         preset.backend = b;
     }
@@ -156,6 +165,7 @@ pub fn prepare(mut preset: Preset, opts: &RunOptions) -> Result<PreparedRun> {
         writer,
         resume: None,
         faults: Faults::from_env(),
+        read_every: opts.read_every,
     })
 }
 
@@ -227,6 +237,7 @@ impl PreparedRun {
             writer,
             resume,
             faults,
+            read_every,
         } = self;
         let sink = Arc::new(Mutex::new(Sink {
             tx: tx.clone(),
@@ -245,6 +256,7 @@ impl PreparedRun {
                         sink.clone(),
                         controls,
                         faults,
+                        read_every,
                     )
                     .run_all(resume.clone())
                 }
@@ -258,6 +270,7 @@ impl PreparedRun {
                         sink.clone(),
                         controls,
                         faults,
+                        read_every,
                     )
                     .run_all(resume.clone())
                 }
@@ -395,6 +408,8 @@ struct Trainer<'a, B: TrainBackend> {
     batch: Vec<f32>,
     labels: Vec<i64>,
     faults: Faults,
+    /// Training steps per read of loss and hit count.
+    read_every: usize,
 }
 
 /// Environment variable that makes the trainer panic at a given run step (fault tests).
@@ -431,6 +446,7 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
         sink: Arc<Mutex<Sink>>,
         controls: Receiver<Control>,
         faults: Faults,
+        read_every: Option<usize>,
     ) -> Self {
         Trainer {
             device,
@@ -450,6 +466,7 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
             batch: Vec::new(),
             labels: Vec::new(),
             faults,
+            read_every: read_every.unwrap_or(B::READBACK_EVERY),
         }
     }
 
@@ -498,6 +515,7 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
             alpha: p.distill.alpha,
             run_dir: sink.store.as_ref().map(|s| s.dir().to_path_buf()),
             autotune_cache: super::backend::autotune_cache(p.backend),
+            read_every: self.read_every,
         }
     }
 
@@ -703,6 +721,8 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
             Decide::BestOnly
         };
         let mut stopped = false;
+        // Loss and hit counts stay on the device for a few steps (one sync per read).
+        let mut reads = Readback::<B::InnerBackend, StepMeta>::new(self.read_every);
         let first_epoch = (step / steps_per_epoch) as usize;
         let skip_batches = (step % steps_per_epoch) as usize;
         'epochs: for epoch in first_epoch..p.train.epochs {
@@ -728,6 +748,17 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
             }
             let batches = order.len().div_ceil(p.train.batch_size);
             for (batch, chunk) in order.chunks(p.train.batch_size).enumerate().skip(skip) {
+                // A control (pause, stop, a new temperature) and an injected fault find
+                // every step already run reported.
+                if reads.pending() > 0
+                    && (self.knobs.paused
+                        || !self.controls.is_empty()
+                        || self.faults.panic_at_step == Some(self.run_step + 1))
+                {
+                    if let Some(diverged) = self.report_steps(key, reads.drain(), &mut state)? {
+                        return Ok(diverged);
+                    }
+                }
                 if let Flow::Stop = self.poll_controls(key, step + 1)? {
                     stopped = true;
                     break 'epochs;
@@ -757,43 +788,31 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
                 let correct = correct_count(logits.inner(), y.inner());
                 let grads = GradientsParams::from_grads(loss.backward(), &student);
                 student = optim.step(lr, student, grads);
-                let mut loss_value = loss.into_scalar().elem::<f64>();
-                let correct = correct.into_scalar().elem::<i64>() as u64;
                 step += 1;
                 self.run_step += 1;
-                if self.faults.nan_at_step == Some(self.run_step) {
-                    loss_value = f64::NAN;
-                }
-                if !loss_value.is_finite() {
-                    self.flush_pending_step(true)?;
-                    self.emit(TrainEvent::Diverged {
-                        key,
-                        step,
-                        loss: loss_value,
-                    })?;
-                    return Ok(JobResult::Diverged);
-                }
-                state.train_loss_sum += loss_value * chunk.len() as f64;
-                state.train_correct += correct;
-                state.train_seen += chunk.len() as u64;
-                self.emit_step(StepMetrics {
-                    key,
+                let meta = StepMeta {
                     step,
                     run_step: self.run_step,
                     epoch: epoch + 1,
-                    loss: loss_value,
                     lr,
                     temperature: self.knobs.temperature,
                     alpha: self.knobs.alpha,
                     has_teacher,
-                    coalesced: 1,
-                    ticket: Ticket::default(),
-                })?;
+                    images: chunk.len(),
+                };
+                let read = reads.push(loss.inner(), correct, meta);
+                if let Some(diverged) = self.report_steps(key, read, &mut state)? {
+                    return Ok(diverged);
+                }
                 let eval_due = match p.train.eval_every {
                     0 => batch + 1 == batches,
                     n => step.is_multiple_of(n),
                 };
                 if eval_due {
+                    // The evaluation reports the training loss and accuracy so far.
+                    if let Some(diverged) = self.report_steps(key, reads.drain(), &mut state)? {
+                        return Ok(diverged);
+                    }
                     let epochs_done = step as f64 / steps_per_epoch as f64;
                     self.evaluate(
                         key,
@@ -812,6 +831,9 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
                     )?;
                 }
             }
+        }
+        if let Some(diverged) = self.report_steps(key, reads.drain(), &mut state)? {
+            return Ok(diverged);
         }
         // The final network must have numbers even when the last step was not an
         // evaluation boundary (stop, or eval_every not dividing the step count).
@@ -1158,7 +1180,9 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
             EvalSet::Test => (&data.loaded.test, &data.test),
         };
         let device = self.device.clone();
-        let (mut loss_sum, mut correct) = (0.0, 0u64);
+        // Every batch's loss and hits stay on the device until the split is done: one
+        // sync per evaluation, so a GPU runs the batches back to back.
+        let mut reads = Readback::<B::InnerBackend, usize>::new(usize::MAX);
         for chunk in indices.chunks(EVAL_BATCH) {
             let _warm = B::InnerBackend::keep_pool_warm();
             data::fill_batch(
@@ -1182,11 +1206,14 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
                 &device,
             );
             let logits = model.forward(x);
-            loss_sum += cross_entropy(logits.clone(), y.clone())
-                .into_scalar()
-                .elem::<f64>()
-                * n as f64;
-            correct += correct_count(logits, y).into_scalar().elem::<i64>() as u64;
+            let loss = cross_entropy(logits.clone(), y.clone());
+            let none_yet = reads.push(loss, correct_count(logits, y), n);
+            debug_assert!(none_yet.is_empty());
+        }
+        let (mut loss_sum, mut correct) = (0.0, 0u64);
+        for batch in reads.drain() {
+            loss_sum += batch.loss * batch.meta as f64;
+            correct += batch.correct;
         }
         let n = indices.len().max(1) as f64;
         (loss_sum / n, correct as f64 / n)
@@ -1254,6 +1281,52 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
 
     /// Records every step; offers it to the consumer, folding it into the pending one
     /// while the consumer lags.
+    /// Accounts and reports steps read back from the device, in order; the first with a
+    /// non-finite loss ends the job as diverged (`Some`).
+    fn report_steps(
+        &mut self,
+        key: JobKey,
+        read: Vec<StepRead<StepMeta>>,
+        state: &mut GenState<B::InnerBackend>,
+    ) -> Result<Option<JobResult<B::InnerBackend>>> {
+        for StepRead {
+            meta,
+            mut loss,
+            correct,
+        } in read
+        {
+            if self.faults.nan_at_step == Some(meta.run_step) {
+                loss = f64::NAN;
+            }
+            if !loss.is_finite() {
+                self.flush_pending_step(true)?;
+                self.emit(TrainEvent::Diverged {
+                    key,
+                    step: meta.step,
+                    loss,
+                })?;
+                return Ok(Some(JobResult::Diverged));
+            }
+            state.train_loss_sum += loss * meta.images as f64;
+            state.train_correct += correct;
+            state.train_seen += meta.images as u64;
+            self.emit_step(StepMetrics {
+                key,
+                step: meta.step,
+                run_step: meta.run_step,
+                epoch: meta.epoch,
+                loss,
+                lr: meta.lr,
+                temperature: meta.temperature,
+                alpha: meta.alpha,
+                has_teacher: meta.has_teacher,
+                coalesced: 1,
+                ticket: Ticket::default(),
+            })?;
+        }
+        Ok(None)
+    }
+
     fn emit_step(&mut self, m: StepMetrics) -> Result<()> {
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         sink.record_only(&TrainEvent::Step(m.clone()))?;
@@ -1290,6 +1363,20 @@ fn merge_steps(older: StepMetrics, newer: StepMetrics) -> StepMetrics {
         coalesced: n,
         ..newer
     }
+}
+
+/// What a step's report needs besides its loss and hit count, kept while those wait on
+/// the device ([`Readback`]).
+struct StepMeta {
+    step: u64,
+    run_step: u64,
+    /// 1-based.
+    epoch: usize,
+    lr: f64,
+    temperature: f64,
+    alpha: f64,
+    has_teacher: bool,
+    images: usize,
 }
 
 /// What an evaluation may change besides reporting.

@@ -49,6 +49,7 @@ pub fn plan() -> RunPlan {
         alpha: 0.5,
         run_dir: None,
         autotune_cache: None,
+        read_every: 1,
     }
 }
 
