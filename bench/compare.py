@@ -3,6 +3,11 @@
 (model, case, batch).
 
     python3 bench/compare.py OUT_DIR [OUT_DIR ...] [--markdown]
+    python3 bench/compare.py --cadence DIR [DIR ...]
+
+--cadence: selfdistill alone, read-back cadences side by side (bench/gpu.sh): every *.json
+in the directories, grouped by the steps per read of loss and hits (`read_every`), the
+median steps/s of each cadence per case and its ratio to the most frequent reads.
 
 Reads every OUT_DIR/selfdistill-<id>.json and OUT_DIR/pytorch-<id>.json. Files with the
 same <id> in one directory are a pair, measured back to back (compare.sh writes one pair
@@ -41,11 +46,40 @@ def quartiles(values):
     return q[0], q[1], q[2]
 
 
+def cadence(dirs):
+    """Median steps/s per read cadence and case, and the ratio to the smallest cadence."""
+    runs = {}
+    for out in dirs:
+        for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+            report = json.load(open(path))
+            every = report.get("read_every", 1)
+            for key, reps in results(report).items():
+                runs.setdefault(every, {}).setdefault(key, []).extend(reps)
+    if len(runs) < 2:
+        sys.exit(f"error: need reports with at least two read_every values, have {sorted(runs)}")
+    cadences = sorted(runs)
+    base = cadences[0]
+    keys = sorted(set.intersection(*(set(r) for r in runs.values())), key=lambda k: (k[0], k[2], k[1]))
+    cols = "".join(f" {'every ' + str(n):>9}" for n in cadences)
+    ratios = "".join(f" {str(n) + ' / ' + str(base):>8}" for n in cadences[1:])
+    print(f"steps/s, median of every repetition; ratios against reading every {base} step(s)")
+    print(f"{'model':<10} {'case':<9} {'batch':>5}{cols}{ratios}")
+    for key in keys:
+        med = {n: statistics.median(runs[n][key]) for n in cadences}
+        line = f"{key[0]:<10} {key[1]:<9} {key[2]:>5}"
+        line += "".join(f" {med[n]:>9.3f}" for n in cadences)
+        line += "".join(f" {med[n] / med[base]:>7.3f}x" for n in cadences[1:])
+        print(line)
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     md = "--markdown" in sys.argv[1:]
     if not args:
         sys.exit(__doc__)
+    if "--cadence" in sys.argv[1:]:
+        cadence(args)
+        return
     sd, pt, pair_ratios = {}, {}, {}
     rounds, first = set(), None
     read_every = {"selfdistill": set(), "pytorch": set()}

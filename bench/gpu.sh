@@ -6,7 +6,9 @@
 #   bench/gpu.sh [--data-dir DIR]      # DIR holds cifar10/ (or it is downloaded there)
 #
 # Env: EPOCHS (3), GENERATIONS (preset's 3), ROUNDS (3), BATCH (64,128), RUN_TIMEOUT (300 s),
-#      SKIP_BUILD=1, SKIP_BENCH=1, SKIP_RUN=1, SKIP_REPRO=1, REPRO_TIMEOUT (90 s), CUDARC_CUDA_VERSION (default: from nvidia-smi),
+#      SKIP_BUILD=1, SKIP_BENCH=1, SKIP_READS=1, SKIP_RUN=1, SKIP_REPRO=1, REPRO_TIMEOUT (90 s),
+#      READS_ROUNDS (1), READS_STEPS (50), READS_MODELS (cnn,resnet20),
+#      CUDARC_CUDA_VERSION (default: from nvidia-smi),
 #      BIN (a `--features cuda` binary built on another machine; implies SKIP_BUILD),
 #      PYTHON (an interpreter that already has torch with CUDA: no venv, nothing downloaded),
 #      SELFDISTILL_CACHE_DIR (CubeCL's autotune picks; default $OUT/cache, kept with the results).
@@ -19,8 +21,9 @@
 # Without CIFAR-10 (none under --data-dir and no download possible) the preset run is the
 # offline `quick` preset on CUDA instead, said so in run.log, and the script exits 3.
 # Output under bench/out/gpu-<date>/ (or $OUT): env.txt, build.log, bench/ (ratios.txt/.md +
-# JSON), run.log, run.time, cache/ (autotune picks), repro/result.txt (same seed, same
-# numbers?); also packed as gpu.tgz beside it.
+# JSON), reads/result.txt (steps/s with loss read back every step vs every 8), run.log,
+# run.time, cache/ (autotune picks), repro/result.txt (same seed, same numbers?); also packed
+# as gpu.tgz beside it.
 #
 # Status: written and checked on a machine WITHOUT a GPU (the CUDA binary builds, and without
 # a driver it stops with the driver's load error); not yet run on one.
@@ -93,6 +96,24 @@ BACKEND=cuda NO_BUILD=1 THREADS="$(nproc)" BATCH="${BATCH:-64,128}" ROUNDS="${RO
   bench/compare.sh
 fi
 
+if [[ -z "${SKIP_READS:-}" ]]; then
+  # What a host/device sync per step costs: selfdistill's training steps with loss and hits
+  # read back every step against every 8 (the trainer's GPU default), in alternation.
+  stamp "read-back cadence: selfdistill bench, every step vs every 8 steps"
+  reads="$OUT/reads"
+  mkdir -p "$reads"
+  for r in $(seq 1 "${READS_ROUNDS:-1}"); do
+    for n in 1 8; do
+      "$BIN" bench --backend cuda --threads "$(nproc)" --batch "${BATCH:-64,128}" \
+        --models "${READS_MODELS:-cnn,resnet20}" --cases train,train-kd \
+        --steps "${READS_STEPS:-50}" --warmup 5 --reps 3 --read-every "$n" \
+        --json "$reads/every$n-$r.json" >/dev/null 2>>"$reads/bench.err" \
+        || echo "bench --read-every $n failed (see $reads/bench.err)" >&2
+    done
+  done
+  python3 bench/compare.py --cadence "$reads" | tee "$reads/result.txt" || true
+fi
+
 status=0
 if [[ -z "${SKIP_RUN:-}" ]]; then
   preset=""
@@ -139,30 +160,34 @@ if [[ -z "${SKIP_REPRO:-}" ]]; then
   # epoch and one generation, four times:
   #   fresh1: an empty cache (it tunes as it goes)   again1: fresh1's cache (it loads them)
   #   fresh2: another empty cache                    warm:   the cache the steps above filled
-  stamp "reproducibility: quick, 1 epoch, 4 runs (timeout ${REPRO_TIMEOUT:-90}s each)"
+  #   reads1: fresh1's cache, loss read back every step instead of every 8
+  stamp "reproducibility: quick, 1 epoch, 5 runs (timeout ${REPRO_TIMEOUT:-90}s each)"
   repro="$OUT/repro"
   mkdir -p "$repro"
   repro=$(cd "$repro" && pwd)
   sed 's/^epochs = .*/epochs = 1/; s/^generations = .*/generations = 1/' presets/quick.toml > "$repro/quick1.toml"
   declare -A sum
-  for which in fresh1 again1 fresh2 warm; do
+  for which in fresh1 again1 fresh2 warm reads1; do
+    extra=()
     case "$which" in
       fresh1|again1) cache="$repro/cache-1" ;;
+      reads1) cache="$repro/cache-1"; extra=(--read-every 1) ;;
       fresh2) cache="$repro/cache-2" ;;
       warm) cache="$SELFDISTILL_CACHE_DIR" ;;
     esac
     SELFDISTILL_CACHE_DIR="$cache" timeout -s INT "${REPRO_TIMEOUT:-90}" "$BIN" run \
       --preset "$repro/quick1.toml" --headless --backend cuda --runs-dir "$repro/runs-$which" \
-      > "$repro/$which.log" 2>&1 || echo "reproducibility run $which failed (see $repro/$which.log)" >&2
+      "${extra[@]}" > "$repro/$which.log" 2>&1 || echo "reproducibility run $which failed (see $repro/$which.log)" >&2
     m=$(ls "$repro/runs-$which"/*/metrics.csv 2>/dev/null | head -1)
     sum[$which]=$([[ -n "$m" ]] && cut -d, -f1-15 "$m" | md5sum | cut -c1-12 || echo missing)
   done
   same() { [[ "${sum[$1]}" != missing && "${sum[$1]}" == "${sum[$2]}" ]] && echo same || echo DIFFERENT; }
   {
-    echo "md5 of metrics.csv without elapsed_s: fresh1=${sum[fresh1]} again1=${sum[again1]} fresh2=${sum[fresh2]} warm=${sum[warm]}"
+    echo "md5 of metrics.csv without elapsed_s: fresh1=${sum[fresh1]} again1=${sum[again1]} fresh2=${sum[fresh2]} warm=${sum[warm]} reads1=${sum[reads1]}"
     echo "tuning as it goes vs loading those picks (fresh1, again1): $(same fresh1 again1)"
     echo "two independent tunings (fresh1, fresh2): $(same fresh1 fresh2)"
     echo "own picks vs picks other workloads made (fresh1, warm): $(same fresh1 warm)"
+    echo "loss read every 8 steps vs every step, same picks (again1, reads1): $(same again1 reads1)"
   } | tee "$repro/result.txt"
 fi
 tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")" 2>/dev/null || true

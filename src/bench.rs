@@ -133,8 +133,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub reps: usize,
     pub seed: u64,
-    /// Training steps per read of loss and hit count; `None`: the backend's
-    /// ([`KernelBackend::READBACK_EVERY`], what the trainer uses).
+    /// Training steps per read of loss and hit count; `None`: the backend's, what the
+    /// trainer uses ([`READBACK_EVERY`](crate::model::KernelBackend::READBACK_EVERY)).
     pub read_every: Option<usize>,
 }
 

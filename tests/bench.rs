@@ -282,6 +282,67 @@ fn compare_script_pools_sides_and_counts_pairs_below_one() {
     assert_eq!(cols.last(), Some(&"1/3"), "pairs below 1: {row}");
 }
 
+/// `compare.py --cadence` (bench/gpu.sh's read-back step) puts selfdistill's steps/s at
+/// each read cadence side by side, as a ratio to the most frequent reads.
+#[test]
+fn compare_script_puts_read_cadences_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, every: usize, results: &[(&str, &str, usize, &[f64])]| {
+        std::fs::write(
+            dir.path().join(name),
+            report_reading("selfdistill", results, Some(every)),
+        )
+        .unwrap()
+    };
+    write(
+        "every1-1.json",
+        1,
+        &[
+            ("cnn", "train", 64, &[10.0, 12.0]),
+            ("cnn", "infer", 64, &[5.0]),
+        ],
+    );
+    write("every1-2.json", 1, &[("cnn", "train", 64, &[11.0])]);
+    write("every8-1.json", 8, &[("cnn", "train", 64, &[16.5])]);
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
+        .arg("--cadence")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("cnn"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // median(10, 12, 11) = 11 against 16.5; the case measured at one cadence only is left out.
+    assert_eq!(
+        rows,
+        [["cnn", "train", "64", "11.000", "16.500", "1.500x"]],
+        "{stdout}"
+    );
+    // One cadence only: nothing to compare, said so.
+    std::fs::remove_file(dir.path().join("every8-1.json")).unwrap();
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
+        .arg("--cadence")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least two read_every values"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The PyTorch script shares the schema: its field names must stay those of `BenchReport`.
 #[test]
 fn pytorch_script_writes_the_same_fields() {

@@ -191,3 +191,31 @@ fn headless_run_prints_evaluations_and_the_comparison_table() {
         "{listing}"
     );
 }
+
+#[test]
+fn a_zero_read_cadence_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_selfdistill"))
+        .args([
+            "run",
+            "--preset",
+            "quick",
+            "--headless",
+            "--read-every",
+            "0",
+        ])
+        .env("SELFDISTILL_RUNS_DIR", &runs)
+        .env("SELFDISTILL_CONFIG_DIR", dir.path().join("config"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr.contains("--read-every must be at least 1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let written = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(written, 0, "no run folder for a refused run");
+}

@@ -1279,8 +1279,6 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
         }
     }
 
-    /// Records every step; offers it to the consumer, folding it into the pending one
-    /// while the consumer lags.
     /// Accounts and reports steps read back from the device, in order; the first with a
     /// non-finite loss ends the job as diverged (`Some`).
     fn report_steps(
@@ -1327,6 +1325,8 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
         Ok(None)
     }
 
+    /// Records every step; offers it to the consumer, folding it into the pending one
+    /// while the consumer lags.
     fn emit_step(&mut self, m: StepMetrics) -> Result<()> {
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         sink.record_only(&TrainEvent::Step(m.clone()))?;
