@@ -846,3 +846,48 @@ fn another_process_controls_the_run_through_its_folder_and_follows_its_log() {
     };
     assert_eq!(essential(&followed), essential(&live));
 }
+
+/// Without augmentation the trainer serves a fixed teacher's logits from its cache after
+/// the first epoch (Born-Again generation 2), and after each self-distillation
+/// replacement it runs the new teacher until every sample has been seen; with
+/// augmentation it always runs the teacher. (That the cached logits are the bits of a
+/// forward pass is a unit test of `TeacherCache`.)
+#[test]
+fn teacher_logits_come_from_the_cache_only_when_inputs_do_not_change() {
+    let preset = tiny(r#""conventional", "self""#, 2, "");
+    let events = run_preset(&preset);
+    let per_epoch = |g: &GenerationSummary| g.steps / 3;
+    let counts = |g: &GenerationSummary| (g.teacher_cached_batches, g.teacher_forward_batches);
+    let gens = finished(&events);
+    let gen = |m: Method, n: usize| gens.iter().find(|g| g.key == key(m, n)).unwrap();
+    assert_eq!(counts(gen(Method::Conventional, 1)), (0, 0), "no teacher");
+    let born_again = gen(Method::Conventional, 2);
+    assert_eq!(
+        counts(born_again),
+        (
+            born_again.steps - per_epoch(born_again),
+            per_epoch(born_again)
+        )
+    );
+    for n in [1, 2] {
+        let g = gen(Method::SelfDistill, n);
+        let (cached, forwards) = counts(g);
+        // Every step after the first teacher has one; each replacement costs at most an
+        // epoch of forward passes.
+        assert!(forwards >= per_epoch(g), "{n}: {forwards}");
+        assert!(
+            forwards <= per_epoch(g) * (g.teacher_replacements as u64 + 1),
+            "{n}: {forwards} forwards, {} replacements",
+            g.teacher_replacements
+        );
+        assert!(cached + forwards <= g.steps, "{n}");
+    }
+    let mut augmented = preset.clone();
+    augmented.data.augment = Some(true);
+    let events = run_preset(&augmented);
+    let born_again = finished(&events)
+        .into_iter()
+        .find(|g| g.key == key(Method::Conventional, 2))
+        .unwrap();
+    assert_eq!(counts(&born_again), (0, born_again.steps));
+}

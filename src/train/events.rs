@@ -197,6 +197,14 @@ pub struct GenerationSummary {
     pub teacher_replacements: usize,
     /// True when a stop control ended it early.
     pub stopped: bool,
+    /// Training steps whose teacher logits came from the teacher cache (no augmentation:
+    /// the logits of an unchanged teacher on an unchanged input), and steps that ran the
+    /// teacher's forward pass; counted since the job started or resumed (0 and 0 in runs
+    /// recorded before the fields existed).
+    #[serde(default)]
+    pub teacher_cached_batches: u64,
+    #[serde(default)]
+    pub teacher_forward_batches: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

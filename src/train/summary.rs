@@ -284,6 +284,8 @@ mod tests {
             wall_s: wall,
             teacher_replacements: 0,
             stopped: false,
+            teacher_cached_batches: 0,
+            teacher_forward_batches: 0,
         })
     }
 

@@ -26,7 +26,7 @@ use super::events::{
 use super::readback::{Readback, StepRead};
 use super::schedule::Schedule;
 use crate::data::{self, Augment, DataOptions, LoadedData, Normalizer, Split, SyntheticConfig};
-use crate::distill::{correct_count, cross_entropy, kd_loss};
+use crate::distill::{correct_count, cross_entropy, kd_loss, TeacherCache};
 use crate::model::{KernelBackend, ModelSpec, Net, TrainBackend};
 use crate::preset::{limits, Cifar100Labels, Preset, TeacherChoice};
 use crate::store::resume::{
@@ -723,6 +723,15 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
         let mut stopped = false;
         // Loss and hit counts stay on the device for a few steps (one sync per read).
         let mut reads = Readback::<B::InnerBackend, StepMeta>::new(self.read_every);
+        // Without augmentation a sample's teacher logits change only with the teacher.
+        let mut teacher_cache = self.data.augment.is_none().then(|| {
+            TeacherCache::<B::InnerBackend>::new(
+                self.data.loaded.train.len(),
+                self.spec.num_classes,
+                &inner_device,
+            )
+        });
+        let mut teacher_batches = 0u64;
         let first_epoch = (step / steps_per_epoch) as usize;
         let skip_batches = (step % steps_per_epoch) as usize;
         'epochs: for epoch in first_epoch..p.train.epochs {
@@ -774,9 +783,17 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
                 let lr = schedule.lr_at(step);
                 let (x, y) = self.make_batch(chunk, &mut aug_rng);
                 let logits = student.forward(x.clone());
-                let teacher_logits = teacher
-                    .as_ref()
-                    .map(|t| Tensor::<B, 2>::from_inner(t.net.forward(x.inner())));
+                let teacher_logits = teacher.as_ref().map(|t| {
+                    teacher_batches += 1;
+                    let forward = |x| t.net.forward(x);
+                    Tensor::<B, 2>::from_inner(match &mut teacher_cache {
+                        // A replacement is a new teacher: its count is its version.
+                        Some(cache) => {
+                            cache.logits(state.replacements as u64, chunk, x.inner(), forward)
+                        }
+                        None => forward(x.inner()),
+                    })
+                });
                 let has_teacher = teacher_logits.is_some();
                 let loss = kd_loss(
                     logits.clone(),
@@ -874,6 +891,7 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
             net: student.valid(),
             val_acc: state.last_val_acc,
         };
+        let teacher_cached = teacher_cache.as_ref().map_or(0, |c| c.counts().0);
         let best = state.best.take().unwrap_or_else(|| BestSnapshot {
             net: final_net.net.clone(),
             val_acc: state.last_val_acc,
@@ -899,6 +917,8 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
             wall_s: started.elapsed().as_secs_f64(),
             teacher_replacements: state.replacements,
             stopped,
+            teacher_cached_batches: teacher_cached,
+            teacher_forward_batches: teacher_batches - teacher_cached,
         }))?;
         if stopped {
             return Ok(JobResult::Stopped);

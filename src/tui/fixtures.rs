@@ -96,6 +96,8 @@ pub fn finished_gen(k: JobKey, best: f64, test: f64, wall: f64, repl: usize) -> 
         wall_s: wall,
         teacher_replacements: repl,
         stopped: false,
+        teacher_cached_batches: 0,
+        teacher_forward_batches: 0,
     })
 }
 
