@@ -6,9 +6,11 @@
 # (`Fusion<CubeBackend<WgpuRuntime>>`), runs it on Mesa's lavapipe (Vulkan on the CPU),
 # and checks that every benchmark case and a short distillation run (teachers, KD, the
 # self method's replacements) complete, that CubeCL's autotune picks go to selfdistill's
-# cache folder (not to the `target/` of the Cargo project it was started in), and that a
-# second run of the same preset and seed with those picks gives the same numbers. What it cannot check: NVRTC's compilation of the
-# kernels, cudarc and the driver; those need a GPU (bench/gpu.sh).
+# cache folder (not to the `target/` of the Cargo project it was started in), that the run
+# keeps a copy of them in its folder, and that a second run of the same preset and seed
+# loading that copy (SELFDISTILL_CACHE_DIR=<run folder>) gives the same numbers. What it
+# cannot check: NVRTC's compilation of the kernels, cudarc and the driver; those need a GPU
+# (bench/gpu.sh).
 #
 #   bench/cubecl_check.sh          # ~10 min build on 2 cores (once), ~3 min of runs
 #
@@ -85,13 +87,17 @@ if ! timeout 900 "$BIN" bench --backend cuda --models resnet20,cnn --cases train
 fi
 cat "$OUT/bench.txt"
 
-# quick, 2 epochs and 2 generations, twice with the same autotune picks: metrics.csv
-# without its elapsed-time column must be the same.
+# quick, 2 epochs and 2 generations, twice: the run (picks in $SELFDISTILL_CACHE_DIR), then
+# a rerun that loads the copy of the picks the run kept in its folder. metrics.csv without
+# its elapsed-time column must be the same.
 sums=()
 for which in run rerun; do
   echo "== $which: quick, 2 epochs, 2 generations (teachers, KD, replacements)" >&2
-  if timeout 900 "$BIN" run --preset "$OUT/quick2.toml" --backend cuda --headless --runs-dir "$OUT/$which" \
-       >"$OUT/$which.log" 2>&1 && ls "$OUT/$which"/*/summary.json >/dev/null 2>&1; then
+  cache="$SELFDISTILL_CACHE_DIR"
+  [[ $which == rerun ]] && cache=$(ls -d "$OUT"/run/*/ 2>/dev/null | head -1)
+  if SELFDISTILL_CACHE_DIR="${cache%/}" timeout 900 "$BIN" run --preset "$OUT/quick2.toml" \
+       --backend cuda --headless --runs-dir "$OUT/$which" >"$OUT/$which.log" 2>&1 \
+     && ls "$OUT/$which"/*/summary.json >/dev/null 2>&1; then
     tail -n 9 "$OUT/$which.log"
     sums+=("$(cut -d, -f1-15 "$OUT/$which"/*/metrics.csv | md5sum | cut -c1-12)")
   else
@@ -104,6 +110,10 @@ picks=$(find "$SELFDISTILL_CACHE_DIR/autotune" -name '*.json.log' 2>/dev/null | 
 echo "autotune cache files under $SELFDISTILL_CACHE_DIR/autotune: $picks"
 (( picks > 0 )) || fail "no autotune picks in $SELFDISTILL_CACHE_DIR/autotune"
 [[ ! -e "$SRC/target/autotune" ]] || fail "CubeCL wrote its picks to the working directory's target/autotune"
+kept=$(find "$OUT"/run/*/autotune -name '*.json.log' 2>/dev/null | wc -l)
+echo "autotune picks kept in the run folder: $kept"
+(( kept > 0 )) || fail "the run kept no copy of its autotune picks"
+grep -qF "GPU kernel picks kept in" "$OUT/run.log" || fail "run.log does not say where the picks were kept"
 grep -qF "GPU autotune picks: $SELFDISTILL_CACHE_DIR/autotune" "$OUT/run.log" \
   || fail "run.log does not name the autotune folder"
 python3 - "$OUT"/run/*/summary.json "$SELFDISTILL_CACHE_DIR/autotune" <<'EOF' || fail "summary.json does not record the autotune folder"
@@ -114,9 +124,9 @@ sys.exit(recorded != sys.argv[2])
 EOF
 echo "metrics.csv md5 (without elapsed_s): ${sums[*]}"
 if [[ ${#sums[@]} == 2 && "${sums[0]}" == "${sums[1]}" ]]; then
-  echo "same seed, same autotune picks: same numbers"
+  echo "same seed, the picks the run kept: same numbers"
 else
-  fail "the rerun with the same seed and autotune picks gave other numbers"
+  fail "the rerun with the same seed and the run's kept picks gave other numbers"
 fi
 echo "== done ($([[ $status == 0 ]] && echo passed || echo FAILED)); results in $OUT" >&2
 exit $status

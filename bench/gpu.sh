@@ -158,9 +158,10 @@ if [[ -z "${SKIP_REPRO:-}" ]]; then
   # in $SELFDISTILL_CACHE_DIR/autotune; on wgpu, runs with the same picks agree and a run
   # whose picks other workloads had made did not (BENCHMARKS "CUDA"). `quick` cut to one
   # epoch and one generation, four times:
-  #   fresh1: an empty cache (it tunes as it goes)   again1: fresh1's cache (it loads them)
+  #   fresh1: an empty cache (it tunes as it goes)
+  #   again1: the copy of those picks fresh1 kept in its run folder (it loads them)
   #   fresh2: another empty cache                    warm:   the cache the steps above filled
-  #   reads1: fresh1's cache, loss read back every step instead of every 8
+  #   reads1: as again1, loss read back every step instead of every 8
   stamp "reproducibility: quick, 1 epoch, 5 runs (timeout ${REPRO_TIMEOUT:-90}s each)"
   repro="$OUT/repro"
   mkdir -p "$repro"
@@ -170,8 +171,11 @@ if [[ -z "${SKIP_REPRO:-}" ]]; then
   for which in fresh1 again1 fresh2 warm reads1; do
     extra=()
     case "$which" in
-      fresh1|again1) cache="$repro/cache-1" ;;
-      reads1) cache="$repro/cache-1"; extra=(--read-every 1) ;;
+      fresh1) cache="$repro/cache-1" ;;
+      again1|reads1)
+        cache=$(ls -d "$repro/runs-fresh1"/*/ 2>/dev/null | head -1)
+        cache="${cache%/}"
+        [[ $which == reads1 ]] && extra=(--read-every 1) ;;
       fresh2) cache="$repro/cache-2" ;;
       warm) cache="$SELFDISTILL_CACHE_DIR" ;;
     esac
@@ -184,7 +188,7 @@ if [[ -z "${SKIP_REPRO:-}" ]]; then
   same() { [[ "${sum[$1]}" != missing && "${sum[$1]}" == "${sum[$2]}" ]] && echo same || echo DIFFERENT; }
   {
     echo "md5 of metrics.csv without elapsed_s: fresh1=${sum[fresh1]} again1=${sum[again1]} fresh2=${sum[fresh2]} warm=${sum[warm]} reads1=${sum[reads1]}"
-    echo "tuning as it goes vs loading those picks (fresh1, again1): $(same fresh1 again1)"
+    echo "tuning as it goes vs loading the picks it kept in its run folder (fresh1, again1): $(same fresh1 again1)"
     echo "two independent tunings (fresh1, fresh2): $(same fresh1 fresh2)"
     echo "own picks vs picks other workloads made (fresh1, warm): $(same fresh1 warm)"
     echo "loss read every 8 steps vs every step, same picks (again1, reads1): $(same again1 reads1)"

@@ -5,7 +5,8 @@
 //! - `events.jsonl`: every event, one JSON object per line, append-only;
 //! - `metrics.csv`: one row per evaluation;
 //! - `summary.json`: the run summary, rewritten atomically (write, then rename);
-//! - `checkpoints/s<seed>-<method>-g<gen>-{best,final}.mpk`: Burn records.
+//! - `checkpoints/s<seed>-<method>-g<gen>-{best,final}.mpk`: Burn records;
+//! - `autotune/` (GPU runs): a copy of the kernel picks the run used, taken when it ends.
 
 pub mod follow;
 pub mod resume;
@@ -28,6 +29,9 @@ pub const METRICS_FILE: &str = "metrics.csv";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const PRESET_FILE: &str = "preset.toml";
 pub const CHECKPOINT_DIR: &str = "checkpoints";
+/// A GPU run's copy of CubeCL's autotune picks: with `SELFDISTILL_CACHE_DIR` set to the run
+/// folder, a rerun loads them (CubeCL reads `$SELFDISTILL_CACHE_DIR/autotune`).
+pub const AUTOTUNE_DIR: &str = "autotune";
 
 /// `--runs-dir` default: `$SELFDISTILL_RUNS_DIR`, else `<user data dir>/selfdistill/runs`.
 pub fn default_runs_dir() -> PathBuf {
@@ -413,6 +417,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// Copies the tree of CubeCL's autotune picks `src` into `run_dir/autotune` (each file
+/// written atomically, so a copy cut short leaves whole files) and returns how many files
+/// it copied; a missing `src` (nothing was tuned) copies none.
+pub fn keep_autotune_picks(src: &Path, run_dir: &Path) -> io::Result<usize> {
+    fn copy_tree(src: &Path, dst: &Path) -> io::Result<usize> {
+        fs::create_dir_all(dst)?;
+        let mut copied = 0;
+        for entry in fs::read_dir(src)? {
+            let entry = entry?;
+            let to = dst.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                copied += copy_tree(&entry.path(), &to)?;
+            } else {
+                write_atomic(&to, &fs::read(entry.path())?)?;
+                copied += 1;
+            }
+        }
+        Ok(copied)
+    }
+    if !src.is_dir() {
+        return Ok(0);
+    }
+    copy_tree(src, &run_dir.join(AUTOTUNE_DIR))
+}
+
 /// Reads a run's event log; a torn last line (process killed mid-write) is skipped.
 pub fn read_events(run_dir: &Path) -> Result<Vec<TrainEvent>> {
     let path = run_dir.join(EVENTS_FILE);
@@ -470,6 +499,38 @@ pub fn list_runs(runs_dir: &Path) -> Vec<RunInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn autotune_picks_are_copied_tree_and_all_into_the_run_folder() {
+        let src = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let device = src.path().join("0.10.0").join("device-0-cuda");
+        fs::create_dir_all(&device).unwrap();
+        fs::write(device.join("matmul-tune.json.log"), "{\"pick\":3}\n").unwrap();
+        fs::write(device.join("conv-tune.json.log"), "{\"pick\":1}\n").unwrap();
+        fs::write(src.path().join("top.json.log"), "x").unwrap();
+        assert_eq!(keep_autotune_picks(src.path(), run.path()).unwrap(), 3);
+        let kept = run.path().join(AUTOTUNE_DIR);
+        assert_eq!(
+            fs::read_to_string(kept.join("0.10.0/device-0-cuda/matmul-tune.json.log")).unwrap(),
+            "{\"pick\":3}\n"
+        );
+        assert_eq!(fs::read_to_string(kept.join("top.json.log")).unwrap(), "x");
+        // Copying again (a resumed run ending) overwrites with the newer picks.
+        fs::write(device.join("conv-tune.json.log"), "{\"pick\":2}\n").unwrap();
+        assert_eq!(keep_autotune_picks(src.path(), run.path()).unwrap(), 3);
+        assert_eq!(
+            fs::read_to_string(kept.join("0.10.0/device-0-cuda/conv-tune.json.log")).unwrap(),
+            "{\"pick\":2}\n"
+        );
+        // Nothing tuned: nothing copied, no folder made.
+        let other = tempfile::tempdir().unwrap();
+        assert_eq!(
+            keep_autotune_picks(&src.path().join("none"), other.path()).unwrap(),
+            0
+        );
+        assert!(!other.path().join(AUTOTUNE_DIR).exists());
+    }
 
     #[test]
     fn torn_last_line_is_skipped_but_corruption_elsewhere_is_an_error() {

@@ -290,6 +290,25 @@ impl PreparedRun {
         if let Some(message) = error {
             let _ = sink.emit(TrainEvent::Error { message });
         }
+        // A GPU run's numbers depend on the kernels CubeCL picked; keep them with the run.
+        let kept = match (super::backend::autotune_cache(preset.backend), &sink.store) {
+            (Some(picks), Some(store)) => Some((
+                store::keep_autotune_picks(&picks, store.dir()),
+                store.dir().to_path_buf(),
+            )),
+            _ => None,
+        };
+        if let Some((kept, dir)) = kept {
+            let message = match kept {
+                Ok(n) => format!(
+                    "{n} files of GPU kernel picks kept in {}; SELFDISTILL_CACHE_DIR={} reruns with them",
+                    dir.join(store::AUTOTUNE_DIR).display(),
+                    dir.display()
+                ),
+                Err(e) => format!("could not keep the GPU kernel picks in the run folder: {e}"),
+            };
+            let _ = sink.emit(TrainEvent::Log { message });
+        }
         let _ = sink.emit(TrainEvent::Finished {
             status,
             wall_s: started.elapsed().as_secs_f64(),
