@@ -5,8 +5,9 @@
 //! Cases, per network and batch size:
 //! - `train`: student forward, cross-entropy, backward, SGD step, loss and hit count read
 //!   back to the host as the trainer reads them: together, every step on the CPU and
-//!   every [`GPU_READBACK_EVERY`](crate::model::ops::GPU_READBACK_EVERY) steps on a GPU (`--read-every` changes it, a
-//!   repetition reads its last queued steps before its clock stops);
+//!   every [`GPU_READBACK_EVERY`](crate::model::ops::GPU_READBACK_EVERY) steps on a GPU
+//!   (`--read-every` changes it; a repetition reads its last queued steps before its
+//!   clock stops);
 //! - `train-kd`: the same plus a frozen teacher forward on the inner (non-autodiff)
 //!   backend and the KD loss (T = 4, alpha = 0.5, the preset defaults);
 //! - `infer`: eval-mode forward on the inner backend, logits read back to the host.
@@ -223,13 +224,9 @@ pub struct BenchReport {
     pub reps: usize,
     /// Training steps per read of loss and hit count (1 in reports written before the
     /// field existed, which read every step).
-    #[serde(default = "one")]
+    #[serde(default = "crate::train::readback::every_step")]
     pub read_every: usize,
     pub results: Vec<BenchResult>,
-}
-
-fn one() -> usize {
-    1
 }
 
 pub fn median(values: &[f64]) -> f64 {

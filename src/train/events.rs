@@ -123,12 +123,8 @@ pub struct RunPlan {
     pub autotune_cache: Option<PathBuf>,
     /// Training steps per read of loss and hit count from the device (a sync each); the
     /// numbers do not depend on it. 1 in runs recorded before the field existed.
-    #[serde(default = "one")]
+    #[serde(default = "super::readback::every_step")]
     pub read_every: usize,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl RunPlan {
@@ -363,6 +359,20 @@ pub fn event_channel_with_capacity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_recorded_before_the_read_cadence_existed_read_every_step() {
+        let mut plan = serde_json::json!({
+            "run_id": "r", "preset": "quick", "dataset": "synthetic", "model": "cnn",
+            "backend": "cuda", "jobs": [], "epochs": 1, "steps_per_epoch": 1,
+            "evals_per_generation": 1, "train_size": 1, "val_size": 1, "test_size": 1,
+            "temperature": 4.0, "alpha": 0.5, "run_dir": null, "read_every": 8,
+        });
+        let read = |v: &serde_json::Value| serde_json::from_value::<RunPlan>(v.clone()).unwrap();
+        assert_eq!(read(&plan).read_every, 8);
+        plan.as_object_mut().unwrap().remove("read_every");
+        assert_eq!(read(&plan).read_every, 1);
+    }
 
     fn step(n: u64) -> StepMetrics {
         StepMetrics {

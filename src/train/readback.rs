@@ -10,6 +10,11 @@
 
 use burn::prelude::*;
 
+/// The cadence of records written before the cadence was recorded: every step.
+pub fn every_step() -> usize {
+    1
+}
+
 /// Queued steps: their loss (`[1]`), their hit count (`[1]`, as float so that one
 /// transfer carries both) and what the caller needs to report them (`M`).
 pub struct Readback<B: Backend, M> {
