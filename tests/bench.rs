@@ -17,18 +17,15 @@ fn selfdistill(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn bench_runs_every_case_and_writes_json() {
+/// A short `selfdistill bench` on one thread (2 steps, 1 warm-up, 2 repetitions) with
+/// `args` added; its exit code, stdout, stderr and JSON report (when it wrote one).
+fn short_bench(args: &[&str]) -> (i32, String, String, Option<BenchReport>) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let (code, stdout, stderr) = selfdistill(&[
+    let mut all = vec![
         "bench",
         "--threads",
         "1",
-        "--batch",
-        "2,3",
-        "--models",
-        "cnn,resnet20",
         "--steps",
         "2",
         "--warmup",
@@ -40,11 +37,22 @@ fn bench_runs_every_case_and_writes_json() {
         "0",
         "--json",
         json.to_str().unwrap(),
-    ]);
+    ];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = selfdistill(&all);
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .map(|text| serde_json::from_str(&text).unwrap());
+    (code, stdout, stderr, report)
+}
+
+#[test]
+fn bench_runs_every_case_and_writes_json() {
+    let (code, stdout, stderr, report) =
+        short_bench(&["--batch", "2,3", "--models", "cnn,resnet20"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("steps/s"), "{stdout}");
-    let report: BenchReport =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = report.expect("a JSON report");
     assert_eq!(report.schema, SCHEMA);
     assert_eq!(report.framework, "selfdistill");
     assert_eq!(report.backend, "cpu");
@@ -80,35 +88,19 @@ fn bench_runs_every_case_and_writes_json() {
 /// stops), so the last loss is there, and the report says how it read.
 #[test]
 fn bench_reads_queued_steps_at_the_end_of_a_repetition() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let (code, stdout, stderr) = selfdistill(&[
-        "bench",
-        "--threads",
-        "1",
+    let (code, stdout, stderr, report) = short_bench(&[
         "--batch",
         "2",
         "--models",
         "cnn",
         "--cases",
         "train,train-kd",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--reps",
-        "2",
-        "--min-time",
-        "0",
         "--read-every",
         "3",
-        "--json",
-        json.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("loss read every 3 step(s)"), "{stdout}");
-    let report: BenchReport =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = report.expect("a JSON report");
     assert_eq!(report.read_every, 3);
     assert_eq!(report.results.len(), 2);
     for r in &report.results {
@@ -187,18 +179,24 @@ fn report_reading(
     report.to_string()
 }
 
-fn compare(dirs: &[&std::path::Path]) -> String {
+/// bench/compare.py run with `args`: whether it succeeded, its stdout and stderr.
+fn compare_py<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
-        .args(dirs)
+        .args(args)
         .output()
         .expect("python3 runs (scripts/test.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
+    (
         out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// compare.py's stdout for `args`, which must succeed.
+fn compare<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let (ok, stdout, stderr) = compare_py(args);
+    assert!(ok, "{stdout}{stderr}");
     stdout
 }
 
@@ -304,18 +302,8 @@ fn compare_script_puts_read_cadences_side_by_side() {
     );
     write("every1-2.json", 1, &[("cnn", "train", 64, &[11.0])]);
     write("every8-1.json", 8, &[("cnn", "train", 64, &[16.5])]);
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
-        .arg("--cadence")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cadence = [std::ffi::OsStr::new("--cadence"), dir.path().as_os_str()];
+    let stdout = compare(&cadence);
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .filter(|l| l.starts_with("cnn"))
@@ -329,17 +317,11 @@ fn compare_script_puts_read_cadences_side_by_side() {
     );
     // One cadence only: nothing to compare, said so.
     std::fs::remove_file(dir.path().join("every8-1.json")).unwrap();
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
-        .arg("--cadence")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, _, stderr) = compare_py(&cadence);
+    assert!(!ok);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("at least two read_every values"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("at least two read_every values"),
+        "{stderr}"
     );
 }
 

@@ -16,6 +16,9 @@ use selfdistill::train::events::{
 };
 use selfdistill::train::{load_data, prepare, PreparedData, PreparedRun, RunOptions};
 
+mod common;
+use common::generation_numbers;
+
 fn tiny(methods: &str, generations: usize, extra: &str) -> Preset {
     let text = format!(
         r#"
@@ -78,44 +81,33 @@ fn run_preset(preset: &Preset) -> Vec<TrainEvent> {
     run_events(preset, PreparedData::new(loaded, preset))
 }
 
+/// `value` for each of `events` that matches `pattern`, in order, as a `Vec`.
+macro_rules! matching {
+    ($events:expr, $pattern:pat => $value:expr) => {
+        $events
+            .iter()
+            .filter_map(|e| match e {
+                $pattern => Some($value),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+}
+
 fn errors(events: &[TrainEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::Error { message } => Some(message.clone()),
-            _ => None,
-        })
-        .collect()
+    matching!(events, TrainEvent::Error { message } => message.clone())
 }
 
 fn evals(events: &[TrainEvent]) -> Vec<EvalMetrics> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::Eval(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
+    matching!(events, TrainEvent::Eval(m) => m.clone())
 }
 
 fn steps(events: &[TrainEvent]) -> Vec<StepMetrics> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::Step(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
+    matching!(events, TrainEvent::Step(m) => m.clone())
 }
 
 fn finished(events: &[TrainEvent]) -> Vec<GenerationSummary> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::GenerationFinished(g) => Some(g.clone()),
-            _ => None,
-        })
-        .collect()
+    matching!(events, TrainEvent::GenerationFinished(g) => g.clone())
 }
 
 fn started(events: &[TrainEvent], key: JobKey) -> (TeacherSource, Option<f64>) {
@@ -220,22 +212,7 @@ fn reading_back_every_few_steps_reports_the_same_steps_and_numbers() {
         |events: &[TrainEvent]| -> Vec<f64> { evals(events).iter().map(|e| e.train_acc).collect() };
     assert_eq!(train_acc(&each), train_acc(&batched));
     let summaries = |events: &[TrainEvent]| -> Vec<String> {
-        finished(events)
-            .iter()
-            .map(|g| {
-                format!(
-                    "{:?} {} {} {:?} {} {:?} {} {}",
-                    g.key,
-                    g.best_val_acc,
-                    g.best_step,
-                    g.test_acc_at_best,
-                    g.final_val_acc,
-                    g.final_test_acc,
-                    g.steps,
-                    g.teacher_replacements
-                )
-            })
-            .collect()
+        finished(events).iter().map(generation_numbers).collect()
     };
     assert_eq!(summaries(&each), summaries(&batched));
     // An evaluation comes after every step it covers, as when reading each step.
@@ -296,14 +273,7 @@ fn test_labels_never_influence_training() {
         eb.iter().map(|x| x.3).collect::<Vec<_>>()
     );
     // Teacher replacements (decisions) are identical.
-    let repl = |ev: &[TrainEvent]| {
-        ev.iter()
-            .filter_map(|e| match e {
-                TrainEvent::TeacherReplaced { key, step, .. } => Some((*key, *step)),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
+    let repl = |ev: &[TrainEvent]| matching!(ev, TrainEvent::TeacherReplaced { key, step, .. } => (*key, *step));
     assert_eq!(repl(&a), repl(&b));
 }
 
@@ -530,13 +500,8 @@ fn controls_run(read_every: Option<usize>) {
     }
     assert_eq!(handle.thread.join().unwrap(), RunStatus::Stopped);
 
-    let applied: Vec<(u64, Control)> = log
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::ControlApplied { step, control, .. } => Some((*step, *control)),
-            _ => None,
-        })
-        .collect();
+    let applied: Vec<(u64, Control)> =
+        matching!(log, TrainEvent::ControlApplied { step, control, .. } => (*step, *control));
     let kinds: Vec<Control> = applied.iter().map(|a| a.1).collect();
     assert_eq!(
         kinds,
@@ -730,16 +695,10 @@ fn diverging_run(read_every: Option<usize>) {
     };
     assert_eq!(run.run(tx, control_rx), RunStatus::Finished);
     let events: Vec<TrainEvent> = rx.try_iter().collect();
-    let diverged: Vec<(JobKey, u64)> = events
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::Diverged { key, step, loss } => {
-                assert!(loss.is_nan());
-                Some((*key, *step))
-            }
-            _ => None,
-        })
-        .collect();
+    let diverged: Vec<(JobKey, u64)> = matching!(events, TrainEvent::Diverged { key, step, loss } => {
+        assert!(loss.is_nan());
+        (*key, *step)
+    });
     assert_eq!(diverged, vec![(key(Method::Conventional, 1), 5)]);
     let reported: Vec<u64> = steps(&events)
         .iter()
@@ -821,13 +780,8 @@ fn another_process_controls_the_run_through_its_folder_and_follows_its_log() {
     }
     handle.thread.join().unwrap();
     followed.extend(follower.poll().unwrap());
-    let controls: Vec<Control> = live
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::ControlApplied { control, .. } => Some(*control),
-            _ => None,
-        })
-        .collect();
+    let controls: Vec<Control> =
+        matching!(live, TrainEvent::ControlApplied { control, .. } => *control);
     assert_eq!(
         controls,
         vec![

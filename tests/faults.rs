@@ -10,6 +10,9 @@ use selfdistill::store;
 use selfdistill::train::events::{RunStatus, TrainEvent};
 use selfdistill::train::summary::RunSummary;
 
+mod common;
+use common::generation_numbers;
+
 const BIN: &str = env!("CARGO_BIN_EXE_selfdistill");
 
 /// Small but complete: two methods x two generations, augmentation on (so the RNG
@@ -114,23 +117,7 @@ fn numbers(run: &Path) -> Vec<String> {
     let events = store::read_events(run).unwrap();
     let s = RunSummary::from_events(events.iter().filter(|e| e.is_essential()));
     assert_eq!(s.status, Some(RunStatus::Finished));
-    let mut out: Vec<String> = s
-        .generations
-        .iter()
-        .map(|g| {
-            format!(
-                "{} best {} @{} test {} final {} {} steps {} repl {}",
-                g.key,
-                g.best_val_acc,
-                g.best_step,
-                g.test_acc_at_best,
-                g.final_val_acc,
-                g.final_test_acc,
-                g.steps,
-                g.teacher_replacements
-            )
-        })
-        .collect();
+    let mut out: Vec<String> = s.generations.iter().map(generation_numbers).collect();
     out.sort();
     // A graceful stop adds one report-only evaluation off the schedule; compare the
     // scheduled ones (every 5 steps and the last).

@@ -743,13 +743,11 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
         // Loss and hit counts stay on the device for a few steps (one sync per read).
         let mut reads = Readback::<B::InnerBackend, StepMeta>::new(self.read_every);
         // Without augmentation a sample's teacher logits change only with the teacher.
-        let mut teacher_cache = self.data.augment.is_none().then(|| {
-            TeacherCache::<B::InnerBackend>::new(
-                self.data.loaded.train.len(),
-                self.spec.num_classes,
-                &inner_device,
-            )
-        });
+        // The cache is made on the first step that has a teacher: a job without one
+        // (a baseline, Born-Again's first generation) never allocates it.
+        let cacheable = self.data.augment.is_none();
+        let cache_shape = (self.data.loaded.train.len(), self.spec.num_classes);
+        let mut teacher_cache: Option<TeacherCache<B::InnerBackend>> = None;
         let mut teacher_batches = 0u64;
         let first_epoch = (step / steps_per_epoch) as usize;
         let skip_batches = (step % steps_per_epoch) as usize;
@@ -805,12 +803,15 @@ impl<'a, B: TrainBackend> Trainer<'a, B> {
                 let teacher_logits = teacher.as_ref().map(|t| {
                     teacher_batches += 1;
                     let forward = |x| t.net.forward(x);
-                    Tensor::<B, 2>::from_inner(match &mut teacher_cache {
+                    Tensor::<B, 2>::from_inner(if cacheable {
+                        let (samples, classes) = cache_shape;
+                        let cache = teacher_cache.get_or_insert_with(|| {
+                            TeacherCache::new(samples, classes, &inner_device)
+                        });
                         // A replacement is a new teacher: its count is its version.
-                        Some(cache) => {
-                            cache.logits(state.replacements as u64, chunk, x.inner(), forward)
-                        }
-                        None => forward(x.inner()),
+                        cache.logits(state.replacements as u64, chunk, x.inner(), forward)
+                    } else {
+                        forward(x.inner())
                     })
                 });
                 let has_teacher = teacher_logits.is_some();
