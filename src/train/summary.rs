@@ -52,6 +52,22 @@ pub struct ComparisonRow {
     pub teacher_replacements: f64,
 }
 
+impl ComparisonRow {
+    /// Best validation accuracy as a percentage, with its spread over seeds when a table
+    /// has several seeds (`multi_seed`) so that its column lines up.
+    pub fn best_val_text(&self, multi_seed: bool) -> String {
+        if multi_seed {
+            format!(
+                "{:.2}±{:.2}%",
+                100.0 * self.best_val_acc,
+                100.0 * self.best_val_std
+            )
+        } else {
+            format!("{:.2}%", 100.0 * self.best_val_acc)
+        }
+    }
+}
+
 /// When a method first matched a target accuracy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reached {
@@ -217,15 +233,7 @@ pub fn format_table(summary: &RunSummary) -> String {
         "method", "gen", "best val", "test", "epochs", "wall", "cumulative", "repl"
     ));
     for r in &rows {
-        let best = if multi_seed {
-            format!(
-                "{:.2}±{:.2}%",
-                100.0 * r.best_val_acc,
-                100.0 * r.best_val_std
-            )
-        } else {
-            format!("{:.2}%", 100.0 * r.best_val_acc)
-        };
+        let best = r.best_val_text(multi_seed);
         out.push_str(&format!(
             "{:<13} {:>3} {:>14} {:>8.2}% {:>7.1} {:>8.1}s {:>9.1}s {:>5.1}\n",
             r.method.name(),
@@ -339,5 +347,28 @@ mod tests {
             table.contains("81.00%") && table.contains("self"),
             "{table}"
         );
+    }
+
+    /// Several seeds: each row shows the mean best validation accuracy ± its spread (the
+    /// population standard deviation over seeds), in the TUI's table and the text one.
+    #[test]
+    fn several_seeds_show_mean_and_spread() {
+        let seeded = |seed: u64, best: f64| match gen(Method::SelfDistill, 1, best, 10.0) {
+            TrainEvent::GenerationFinished(mut g) => {
+                g.key.seed = seed;
+                TrainEvent::GenerationFinished(g)
+            }
+            _ => unreachable!(),
+        };
+        let s = RunSummary::from_events(&[seeded(1, 0.80), seeded(2, 0.84)]);
+        let rows = s.comparison();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].seeds, 2);
+        assert_eq!(rows[0].best_val_text(true), "82.00±2.00%");
+        assert_eq!(rows[0].best_val_text(false), "82.00%");
+        let table = format_table(&s);
+        assert!(table.contains("82.00±2.00%"), "{table}");
+        let one = RunSummary::from_events(&[seeded(1, 0.80)]);
+        assert!(!format_table(&one).contains('±'));
     }
 }

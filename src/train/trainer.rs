@@ -246,11 +246,11 @@ impl PreparedRun {
         let started = Instant::now();
         // On a thread of the compute pool (see `pool`); a panic comes back here.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::pool::run_on_pool(|| match preset.backend {
-                BackendKind::Cpu => {
-                    use burn::backend::{flex::FlexDevice, Autodiff, Flex};
-                    Trainer::<Autodiff<Flex>>::new(
-                        FlexDevice,
+            // The same trainer, monomorphised per backend.
+            macro_rules! train_on {
+                ($backend:ty, $device:expr) => {
+                    Trainer::<burn::backend::Autodiff<$backend>>::new(
+                        $device,
                         &preset,
                         &data,
                         sink.clone(),
@@ -259,20 +259,17 @@ impl PreparedRun {
                         read_every,
                     )
                     .run_all(resume.clone())
+                };
+            }
+            crate::pool::run_on_pool(|| match preset.backend {
+                BackendKind::Cpu => {
+                    use burn::backend::{flex::FlexDevice, Flex};
+                    train_on!(Flex, FlexDevice)
                 }
                 #[cfg(feature = "cuda")]
                 BackendKind::Cuda => {
                     use super::backend::gpu;
-                    Trainer::<burn::backend::Autodiff<gpu::Gpu>>::new(
-                        gpu::device(),
-                        &preset,
-                        &data,
-                        sink.clone(),
-                        controls,
-                        faults,
-                        read_every,
-                    )
-                    .run_all(resume.clone())
+                    train_on!(gpu::Gpu, gpu::device())
                 }
                 #[cfg(not(feature = "cuda"))]
                 BackendKind::Cuda => Err(super::backend::BackendError::NotCompiled.into()),

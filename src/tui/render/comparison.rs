@@ -58,15 +58,7 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, run: &RunView) 
     let body: Vec<Row> = rows
         .iter()
         .map(|r| {
-            let best = if multi_seed {
-                format!(
-                    "{:.2}±{:.2}%",
-                    100.0 * r.best_val_acc,
-                    100.0 * r.best_val_std
-                )
-            } else {
-                format!("{:.2}%", 100.0 * r.best_val_acc)
-            };
+            let best = r.best_val_text(multi_seed);
             Row::new(vec![
                 Span::styled(r.method.name(), t.method(r.method)),
                 Span::raw(r.generation.to_string()),
@@ -231,15 +223,7 @@ fn render_runs(frame: &mut Frame, area: Rect, state: &AppState, cmp: &RunsCompar
     let body: Vec<Row> = rows
         .iter()
         .map(|(i, r)| {
-            let best = if multi_seed {
-                format!(
-                    "{:.2}±{:.2}%",
-                    100.0 * r.best_val_acc,
-                    100.0 * r.best_val_std
-                )
-            } else {
-                format!("{:.2}%", 100.0 * r.best_val_acc)
-            };
+            let best = r.best_val_text(multi_seed);
             Row::new(vec![
                 Span::raw(cmp.runs[*i].label.clone()),
                 Span::styled(r.method.name(), t.method(r.method)),
