@@ -157,7 +157,7 @@ if [[ -z "${SKIP_REPRO:-}" ]]; then
   # Same seed, same numbers? CubeCL times candidate kernels per shape and keeps its picks
   # in $SELFDISTILL_CACHE_DIR/autotune; on wgpu, runs with the same picks agree and a run
   # whose picks other workloads had made did not (BENCHMARKS "CUDA"). `quick` cut to one
-  # epoch and one generation, four times:
+  # epoch and one generation, five times:
   #   fresh1: an empty cache (it tunes as it goes)
   #   again1: the copy of those picks fresh1 kept in its run folder (it loads them)
   #   fresh2: another empty cache                    warm:   the cache the steps above filled

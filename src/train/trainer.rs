@@ -288,15 +288,10 @@ impl PreparedRun {
             let _ = sink.emit(TrainEvent::Error { message });
         }
         // A GPU run's numbers depend on the kernels CubeCL picked; keep them with the run.
-        let kept = match (super::backend::autotune_cache(preset.backend), &sink.store) {
-            (Some(picks), Some(store)) => Some((
-                store::keep_autotune_picks(&picks, store.dir()),
-                store.dir().to_path_buf(),
-            )),
-            _ => None,
-        };
-        if let Some((kept, dir)) = kept {
-            let message = match kept {
+        let run_dir = sink.store.as_ref().map(|s| s.dir().to_path_buf());
+        if let (Some(picks), Some(dir)) = (super::backend::autotune_cache(preset.backend), run_dir)
+        {
+            let message = match store::keep_autotune_picks(&picks, &dir) {
                 Ok(n) => format!(
                     "{n} files of GPU kernel picks kept in {}; SELFDISTILL_CACHE_DIR={} reruns with them",
                     dir.join(store::AUTOTUNE_DIR).display(),
